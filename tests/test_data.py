@@ -1,0 +1,434 @@
+"""Tests of data.py on tiny fixtures written in the REAL on-disk formats, plus opt-in checks on ../shared/data."""
+import gzip
+import io
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import tarfile
+import urllib.error
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+import data
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SLOW = os.environ.get("DISENTANGLE_SLOW_TESTS", "") not in ("", "0")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixture writers, one per original format
+# ---------------------------------------------------------------------------------------------------------------
+
+def write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def make_mnist(root, n_train=120, n_test=40, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
+              "train-labels-idx1-ubyte.gz": np.arange(n_train) % 10,
+              "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
+              "t10k-labels-idx1-ubyte.gz": (np.arange(n_test) * 3) % 10}
+    for name, array in arrays.items():
+        write_idx(folder / name, array.astype(np.uint8))
+    return arrays
+
+
+def make_dsprites(root, seed=0):
+    """A real-format subset: 3 shapes x 2 scales x 4 orientations x 4 x 4 positions, every other row dropped."""
+    rng = np.random.default_rng(seed)
+    sizes = [1, 3, 6, 40, 32, 32]
+    grid = np.stack(np.meshgrid([0], [0, 1, 2], [0, 3], [0, 10, 20, 30], [0, 5, 9, 31], [1, 2, 3, 4],
+                                indexing="ij"), -1).reshape(-1, 6)
+    classes = grid[rng.permutation(len(grid))[: len(grid) // 2]]  # a subset, deliberately NOT in radix order
+    imgs = rng.integers(0, 2, (len(classes), 64, 64)).astype(np.uint8)
+    metadata = {"latents_sizes": np.array(sizes), "latents_names": ("color", "shape", "scale", "orientation",
+                                                                     "posX", "posY"), "description": "fixture"}
+    folder = root / "dsprites"
+    folder.mkdir(parents=True)
+    np.savez(folder / data.DSPRITES_FILE, imgs=imgs, latents_classes=classes,
+             latents_values=classes.astype(np.float64) / 10, metadata=np.array(metadata, dtype=object))
+    return imgs, classes
+
+
+def sprite_frames(character):
+    """Deterministic, compressible (178, 60, 60, 3) uint8 frames that identify character and frame."""
+    frames = np.zeros((data.N_FRAMES, 60, 60, 3), np.uint8)
+    frames[:, 10:20, 5:15, 0] = character * 17 + 3
+    frames[:, 30, :, 1] = np.arange(data.N_FRAMES)[:, None]
+    frames[:, 40:42, 3, 2] = 255
+    return frames
+
+
+def write_sprites_mat(path, frames, labels):
+    """A MATLAB v7.3-style file: '#refs#' group of float64 datasets, (21, 1) cells of object references."""
+    rows = frames.transpose(0, 3, 2, 1).reshape(data.N_FRAMES, 10800).astype(np.float64) / 255.0
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        cells, start = [], 0
+        for a, n in enumerate(data.FRAMES_PER_ANIMATION):
+            cells.append(refs.create_dataset(f"s{a}", data=rows[start:start + n], compression="gzip").ref)
+            start += n
+        f.create_dataset("sprites", data=np.array(cells, dtype=h5py.ref_dtype).reshape(21, 1))
+        f.create_dataset("labels", data=np.asarray(labels, np.float64).reshape(7, 1))
+
+
+def make_sprites(root, monkeypatch, n=6, layout="folder"):
+    """n characters in the tarball layout (data/sprites/...), extracted or as nips2015-analogy-data.tar.gz."""
+    monkeypatch.setattr(data, "N_CHARACTERS", n)
+    folder = root / "sprites" / "data" / "sprites"
+    folder.mkdir(parents=True)
+    labels = np.array([[c % 2, c % 4, c % 3, c % 6, 0, 1, c % 2] for c in range(n)])
+    for c in range(n):
+        write_sprites_mat(folder / f"sprites_{c}.mat", sprite_frames(c), labels[c])
+    ids = np.arange(1, n + 1, dtype=np.uint16)
+    scipy.io.savemat(folder / "sprites_splits.mat", {"trainidx": ids[None, : n - 2], "validx": ids[None, n - 2:n - 1],
+                                                     "testidx": ids[None, n - 1:]})
+    if layout == "tar":
+        with tarfile.open(root / "sprites" / data.SPRITES_TARBALL, "w:gz") as tar:
+            tar.add(root / "sprites" / "data", arcname="data")
+        for file in folder.iterdir():
+            file.unlink()
+    return labels
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MNIST
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_mnist_reads_idx_files(tmp_path, offline):
+    arrays = make_mnist(tmp_path)
+    ds = data.load_mnist(tmp_path)
+    assert ds.images.shape == (160, 28, 28, 1) and ds.images.dtype == np.uint8
+    np.testing.assert_array_equal(ds.images[:120, ..., 0], arrays["train-images-idx3-ubyte.gz"])
+    np.testing.assert_array_equal(ds.labels["digit"][120:], arrays["t10k-labels-idx1-ubyte.gz"])
+    assert len(ds.splits["train"]) == 120 and ds.splits["test"][0] == 120
+
+
+def test_truncated_idx_is_a_clear_error(tmp_path, offline):
+    make_mnist(tmp_path)
+    path = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(data.CorruptDataError, match="truncated"):
+        data.load_mnist(tmp_path)
+    path.write_bytes(path.read_bytes()[:500])  # a cut-off gzip stream
+    with pytest.raises(data.CorruptDataError, match="train-images"):
+        data.load_mnist(tmp_path)
+
+
+def test_missing_files_name_what_and_where(tmp_path, offline):
+    (tmp_path / "mnist").mkdir()
+    with pytest.raises(data.MissingDataError) as error:
+        data.load_mnist(tmp_path)
+    message = str(error.value)
+    for name in data.MNIST_FILES:
+        assert name in message
+    assert str(tmp_path / "mnist") in message and "--data-dir" in message
+
+
+def test_missing_data_dir(tmp_path, monkeypatch):
+    with pytest.raises(data.MissingDataError, match="does not exist"):
+        data.load_dataset("mnist", tmp_path / "nowhere")
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(data.MissingDataError, match=data.DATA_DIR_ENV):
+        data.load_dataset("mnist")
+
+
+def test_unknown_dataset_name(tmp_path):
+    with pytest.raises(data.UnknownDatasetError, match="mnist, sprites, dsprites"):
+        data.load_dataset("cifar", tmp_path)
+
+
+def _serve(files):
+    """A stand-in for urllib.request.urlopen serving bytes by file name (or failing for unknown names)."""
+    def urlopen(url, timeout=None):
+        name = url.rsplit("/", 1)[-1]
+        if name not in files:
+            raise urllib.error.URLError("Name or service not known")
+        return io.BytesIO(files[name])
+    return urlopen
+
+
+def test_download_fetches_and_verifies_mnist(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    make_mnist(source)
+    files = {p.name: p.read_bytes() for p in (source / "mnist").iterdir()}
+    target = tmp_path / "target"
+    target.mkdir()
+    # The checksums are the canonical MNIST ones, which the fixture cannot match: accept the fixture's own.
+    monkeypatch.setattr(data, "MNIST_FILES", {n: __import__("hashlib").md5(gzip.decompress(b)).hexdigest()
+                                              for n, b in files.items()})
+    monkeypatch.setattr(data.urllib.request, "urlopen", _serve(files))
+    ds = data.load_mnist(target)
+    assert len(ds.images) == 160
+    assert sorted(p.name for p in (target / "mnist").iterdir()) == sorted(files)
+
+
+def test_failed_download_keeps_existing_files(tmp_path, monkeypatch):
+    make_mnist(tmp_path)
+    folder = tmp_path / "mnist"
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    # A server that answers with the wrong content: the checksum rejects it and nothing is written.
+    monkeypatch.setattr(data.urllib.request, "urlopen", _serve({"t10k-images-idx3-ubyte.gz": gzip.compress(b"junk")}))
+    with pytest.raises(data.MissingDataError, match="t10k-images-idx3-ubyte.gz") as error:
+        data.load_mnist(tmp_path)
+    assert "Download failed" in str(error.value)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no partial file, nothing changed
+    monkeypatch.setattr(data.urllib.request, "urlopen", _serve({}))
+    with pytest.raises(data.MissingDataError, match="Name or service not known"):
+        data.load_mnist(tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dSprites
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_dsprites_subset_and_factor_index(tmp_path, offline):
+    imgs, classes = make_dsprites(tmp_path)
+    ds = data.load_dataset("dsprites", tmp_path)
+    assert ds.images.shape == (len(imgs), 64, 64, 1) and set(np.unique(ds.images)) <= {0, 255}
+    assert ds.factor_names == ("shape", "scale", "orientation", "posX", "posY")
+    assert ds.factor_sizes == (3, 6, 40, 32, 32) and ds.info["subset"]
+    np.testing.assert_array_equal(ds.labels["factors"], classes[:, 1:])
+    np.testing.assert_array_equal(ds.labels[ds.class_label], classes[:, 1])
+    index = ds.factor_index()
+    # Exact lookup finds the row that holds a combination, whatever its position in the file ...
+    for row in (0, 7, len(classes) - 1):
+        assert index.lookup(classes[row, 1:][None])[0] == row
+    # ... and -1 for a combination of the product that the subset lacks.
+    present = {tuple(c) for c in classes[:, 1:]}
+    absent = next(c for c in np.stack(np.meshgrid([0, 1, 2], [0, 3], [0, 10, 20, 30], [0, 5, 9, 31], [1, 2, 3, 4],
+                                                  indexing="ij"), -1).reshape(-1, 5) if tuple(c) not in present)
+    assert index.lookup(absent[None])[0] == -1
+    rows = index.rows_with(2, 20)
+    assert len(rows) and np.all(ds.labels["factors"][rows, 2] == 20)
+    drawn = index.sample_with(0, 1, 500, np.random.default_rng(0))
+    assert np.all(ds.labels["factors"][drawn, 0] == 1)
+    assert set(ds.splits["train"]).isdisjoint(ds.splits["test"])
+
+
+def test_truncated_npz_is_a_clear_error(tmp_path, offline):
+    make_dsprites(tmp_path)
+    path = tmp_path / "dsprites" / data.DSPRITES_FILE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(data.CorruptDataError, match="truncated"):
+        data.load_dsprites(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2D Sprites
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["folder", "tar"])
+def test_sprites_from_original_layout(tmp_path, monkeypatch, offline, layout):
+    labels = make_sprites(tmp_path, monkeypatch, layout=layout)
+    ds = data.load_sprites(tmp_path, workers=1)
+    assert ds.images.shape == (6 * 178, 60, 60, 3)
+    for c in (0, 5):
+        np.testing.assert_array_equal(ds.images[c * 178:(c + 1) * 178], sprite_frames(c))
+    np.testing.assert_array_equal(ds.labels["attributes"][::178], labels)
+    # Official split (1-based ids in the file), hurt frames dropped by default.
+    assert np.array_equal(np.unique(ds.labels["identity"][ds.splits["train"]]), [0, 1, 2, 3])
+    assert np.array_equal(np.unique(ds.labels["identity"][ds.splits["test"]]), [5])
+    assert len(ds.splits["all"]) == 6 * 172 and not np.any(ds.labels["action"][ds.splits["all"]] == 5)
+    # Per-frame labels follow the animation table: frame 60 is the first walk frame facing up.
+    assert (ds.labels["action"][60], ds.labels["direction"][60], ds.labels["frame"][60]) == (2, 0, 0)
+    assert ds.labels["direction"][177] == -1 and ds.labels["frame"][177] == 5
+    with_hurt = data.load_sprites(tmp_path, include_hurt=True)
+    assert len(with_hurt.splits["all"]) == 6 * 178
+
+
+def test_sprites_cache_is_reused(tmp_path, monkeypatch, offline, capsys):
+    make_sprites(tmp_path, monkeypatch)
+    data.load_sprites(tmp_path, workers=1)
+    assert "converting" in capsys.readouterr().err
+    cache = tmp_path / "sprites" / "cache" / "sprites_frames_uint8.npy"
+    stamp = cache.stat().st_mtime_ns
+    ds = data.load_sprites(tmp_path)
+    assert "converting" not in capsys.readouterr().err and cache.stat().st_mtime_ns == stamp
+    assert isinstance(ds.images.base, np.memmap) or isinstance(ds.images, np.memmap)
+
+
+def test_truncated_tarball_leaves_no_cache(tmp_path, monkeypatch, offline):
+    make_sprites(tmp_path, monkeypatch, layout="tar")
+    tarball = tmp_path / "sprites" / data.SPRITES_TARBALL
+    tarball.write_bytes(tarball.read_bytes()[: tarball.stat().st_size // 2])
+    size = tarball.stat().st_size
+    with pytest.raises(data.CorruptDataError, match="truncated"):
+        data.load_sprites(tmp_path)
+    cache = tmp_path / "sprites" / "cache"
+    assert not any(cache.iterdir())  # no partial frames file, no metadata marking a cache as complete
+    assert tarball.stat().st_size == size
+
+
+def test_missing_sprites_names_the_expected_files(tmp_path, offline):
+    (tmp_path / "sprites").mkdir()
+    with pytest.raises(data.MissingDataError) as error:
+        data.load_sprites(tmp_path)
+    for expected in ("sprites_0.mat", "sprites_splits.mat", data.SPRITES_TARBALL, data.SPRITES_COMPACT):
+        assert expected in str(error.value)
+
+
+def test_corrupt_mat_file_is_named(tmp_path, monkeypatch, offline):
+    make_sprites(tmp_path, monkeypatch)
+    bad = tmp_path / "sprites" / "data" / "sprites" / "sprites_3.mat"
+    bad.write_bytes(bad.read_bytes()[:3000])
+    with pytest.raises(data.CorruptDataError, match="sprites_3.mat"):
+        data.load_sprites(tmp_path, workers=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pair and group samplers
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def mnist(tmp_path, offline):
+    make_mnist(tmp_path, n_train=300)
+    return data.load_mnist(tmp_path)
+
+
+def _epoch(pipeline):
+    return [{k: v.numpy() for k, v in batch.items()} for batch in pipeline]
+
+
+def test_same_class_pairs(mnist):
+    pipeline = data.same_class_pairs(mnist, "train", batch_size=32, seed=1)
+    first, second = _epoch(pipeline), _epoch(pipeline)
+    assert len(first) == 300 // 32
+    batch = first[0]
+    assert batch["image_a"].shape == (32, 28, 28, 1) and batch["image_a"].dtype == np.float32
+    assert 0.0 <= batch["image_b"].min() and batch["image_b"].max() <= 1.0
+    np.testing.assert_allclose(batch["image_a"][..., 0], mnist.images[batch["index_a"], ..., 0] / 255.0)
+    for epoch in (first, second):
+        a = np.concatenate([b["index_a"] for b in epoch])
+        b = np.concatenate([b["index_b"] for b in epoch])
+        assert np.all(mnist.labels["digit"][a] == mnist.labels["digit"][b])  # same class
+        assert np.all(a != b)  # never the image itself
+        assert len(np.unique(a)) == len(a)  # every anchor once per epoch
+    # Partners (and order) are drawn afresh each epoch, not frozen after the first.
+    anchors1 = np.concatenate([b["index_a"] for b in first])
+    partner1 = dict(zip(anchors1, np.concatenate([b["index_b"] for b in first])))
+    anchors2 = np.concatenate([b["index_a"] for b in second])
+    partner2 = dict(zip(anchors2, np.concatenate([b["index_b"] for b in second])))
+    shared = set(partner1) & set(partner2)
+    assert sum(partner1[k] != partner2[k] for k in shared) > 0.8 * len(shared)
+    assert not np.array_equal(anchors1, anchors2)
+
+
+def test_pairs_are_deterministic_under_a_seed(mnist):
+    one = _epoch(data.same_class_pairs(mnist, "train", 32, seed=7))
+    two = _epoch(data.same_class_pairs(mnist, "train", 32, seed=7))
+    other = _epoch(data.same_class_pairs(mnist, "train", 32, seed=8))
+    assert all(np.array_equal(x["index_b"], y["index_b"]) for x, y in zip(one, two))
+    assert not all(np.array_equal(x["index_b"], y["index_b"]) for x, y in zip(one, other))
+
+
+def test_different_class_pairs(mnist):
+    epoch = _epoch(data.different_class_pairs(mnist, "train", 32, seed=0))
+    a = np.concatenate([b["index_a"] for b in epoch])
+    b = np.concatenate([b["index_b"] for b in epoch])
+    assert np.all(mnist.labels["digit"][a] != mnist.labels["digit"][b])
+    assert len(np.unique(mnist.labels["digit"][b])) == 10  # partners cover every other class
+
+
+def test_different_identity_pairs_skip_weapon_twins(tmp_path, monkeypatch, offline):
+    make_sprites(tmp_path, monkeypatch)
+    ds = data.load_sprites(tmp_path, workers=1)
+    epoch = _epoch(data.different_class_pairs(ds, "train", 16, seed=0))
+    ida = np.concatenate([b["label_a"] for b in epoch])
+    idb = np.concatenate([b["label_b"] for b in epoch])
+    assert np.all(ida // 2 != idb // 2)  # train ids 0-3: 0 pairs only with 2 or 3, never with its twin 1
+
+
+def test_class_groups(mnist):
+    epoch = _epoch(data.class_groups(mnist, "train", groups=4, group_size=5, seed=0))
+    assert epoch[0]["images"].shape == (4, 5, 28, 28, 1) and epoch[0]["images"].dtype == np.float32
+    indices = np.concatenate([b["indices"] for b in epoch])
+    digits = mnist.labels["digit"][indices]
+    assert np.all(digits == digits[:, :1])  # each group shares one class
+    assert len(np.unique(indices)) == indices.size  # distinct members, each image at most once per epoch
+    again = _epoch(data.class_groups(mnist, "train", groups=4, group_size=5, seed=0))
+    assert np.array_equal(indices, np.concatenate([b["indices"] for b in again]))
+
+
+def test_images_pipeline_keeps_split_order(mnist):
+    batches = _epoch(data.images(mnist, "test", batch_size=16))
+    indices = np.concatenate([b["index"] for b in batches])
+    np.testing.assert_array_equal(indices, mnist.splits["test"])
+    assert batches[-1]["image"].shape[0] == 40 % 16
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "data.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, data.OFFLINE_ENV: "1", **(env or {})}, timeout=120)
+
+
+def test_cli_summary_and_errors(tmp_path):
+    make_mnist(tmp_path)
+    result = _run("--dataset", "mnist", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "160 images of (28, 28, 1)" in result.stdout and "split test: 40 images" in result.stdout
+    result = _run("--dataset", "cifar")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    result = _run("--dataset", "dsprites", "--data-dir", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert data.DSPRITES_FILE in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The real data in ../shared/data (skipped where it is absent)
+# ---------------------------------------------------------------------------------------------------------------
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not here")
+
+
+@needs_shared
+def test_real_mnist(offline):
+    ds = data.load_mnist(SHARED)
+    assert ds.images.shape == (70000, 28, 28, 1)
+    assert np.bincount(ds.labels["digit"][ds.splits["test"]]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958,
+                                                                           1028, 974, 1009]
+
+
+@needs_shared
+def test_real_dsprites_subset(offline):
+    ds = data.load_dsprites(SHARED)
+    assert ds.images.shape == (64834, 64, 64, 1)
+    assert np.bincount(ds.labels["shape"]).tolist() == [21582, 21564, 21688]
+    c = ds.labels["factors"]
+    assert ((c[:, 2] % 4 == 0) & (c[:, 3] % 2 == 0) & (c[:, 4] % 2 == 0)).sum() == 46080
+    index = ds.factor_index()
+    assert np.all(index.lookup(c[:1000]) == np.arange(1000))
+
+
+@needs_shared
+@pytest.mark.skipif(not SLOW, reason="set DISENTANGLE_SLOW_TESTS=1 (converts 1.3 GB of real Sprites)")
+def test_real_sprites(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the read-only shared copy puts its cache here
+    ds = data.load_sprites(SHARED)
+    assert ds.images.shape == (672 * 178, 60, 60, 3)
+    assert [len(np.unique(ds.labels["identity"][ds.splits[s]])) for s in ("train", "val", "test")] == [500, 72, 100]
+    assert len(ds.splits["all"]) == 672 * 172
+    assert np.all(ds.images[ds.labels["animation"] == 20][:, 55:, :, :] == 255)  # the "hurt" artefact
