@@ -1,0 +1,612 @@
+"""Plumbing shared by every training script: config and command line, precision, seeds, run folders,
+training callbacks, image grids, checkpoints and a training-step benchmark.
+
+    config = common.parse_config(Config, argv, description=__doc__)  # Config subclasses common.RunConfig.
+    common.set_precision(config.precision)  # Before building any layer.
+    common.set_seed(config.seed)
+    run_dir = common.prepare_run_dir(config, script="cycle_vae", name=config.dataset)
+    model.fit(dataset, epochs=config.epochs, callbacks=common.training_callbacks(run_dir))
+
+A run folder holds config.json, command.txt, versions.json, log.csv, tensorboard/, backup/ (what
+BackupAndRestore resumes from), model.keras (the last epoch whose logged values were all finite) and
+images/epoch_NNN.png. Epochs in file names and messages count from 1 like the progress bar; log.csv and
+TensorBoard count from 0.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+import os
+import pathlib
+import re
+import shlex
+import sys
+import textwrap
+import time
+import tokenize
+import types
+import typing
+import zipfile
+
+import keras
+import numpy as np
+import PIL.Image
+import tensorflow as tf
+
+# ---- Config and command line ----
+
+Precision = typing.Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Run plumbing shared by every script; each script's Config inherits it and adds its own fields."""
+
+    seed: int = 0  # Seeds Python, NumPy, TensorFlow and Keras.
+    precision: Precision = "auto"  # auto = mixed precision on a GPU, float32 on a CPU.
+    out: str = ""  # Run folder; default a new folder under runs/.
+    resume: bool = False  # Continue the run in --out, or else the latest matching run under runs/.
+    data_dir: str = ""  # Data directory; default the environment variable or the cache (see data.py).
+    benchmark: bool = False  # Time training steps, print ms/iter and images/s, and exit.
+
+
+def _field_comments(config_cls):
+    """Map each field name to the trailing `# comment` on its line, base classes first."""
+    comments = {}
+    for cls in reversed(config_cls.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            lines = textwrap.dedent(inspect.getsource(cls)).splitlines(keepends=True)
+            tokens = list(tokenize.generate_tokens(iter(lines).__next__))
+        except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+            continue  # No source (a class made in `python -c` or by make_dataclass): no help text.
+        depth, line = 0, []
+        for token in tokens:
+            depth += {tokenize.INDENT: 1, tokenize.DEDENT: -1}.get(token.type, 0)
+            if token.type != tokenize.NEWLINE:
+                line.append(token)
+                continue
+            # A logical line is a field if it reads `name: ...` directly in the class body (depth 1). Comment
+            # lines above the field belong to the same logical line, so only comments from its row on count.
+            code = [t for t in line if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT)]
+            if depth == 1 and len(code) >= 2 and code[0].type == tokenize.NAME and code[1].string == ":":
+                trailing = [t for t in line if t.type == tokenize.COMMENT and t.start[0] >= code[0].start[0]]
+                if trailing:
+                    comments[code[0].string] = trailing[0].string.lstrip("#").strip()
+            line = []
+    return comments
+
+
+def _argument_options(name, annotation):
+    """The add_argument keywords (type, choices, nargs or action) for one field's type annotation."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and type(None) in args and len(args) == 2:
+        return _argument_options(name, next(arg for arg in args if arg is not type(None)))  # Optional[X].
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:
+        return {"type": type(args[0]), "choices": list(args)}
+    item_types = {arg for arg in args if arg is not Ellipsis}
+    if origin in (list, tuple) and len(item_types) == 1 and item_types <= {int, float, str}:
+        fixed_length = origin is tuple and Ellipsis not in args
+        return {"type": item_types.pop(), "nargs": len(args) if fixed_length else "+"}
+    if annotation in (int, float, str):
+        return {"type": annotation}
+    raise TypeError(
+        f"Config field {name!r} has type {annotation!r}, which the command line cannot parse; use int, float, "
+        "str, bool, Literal[...], Optional[X], tuple[X, ...] or list[X]."
+    )
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every field's default and keeps the line breaks of the script's docstring."""
+
+
+def build_parser(config_cls, description=None):
+    """An ArgumentParser with one --flag-name per field of the dataclass `config_cls`, inherited ones included.
+
+    The help text is `field(metadata={"help": ...})` or else the field's trailing `# comment`.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    # The script's own fields come first; the shared plumbing follows in a section of its own.
+    run_fields = {field.name for field in dataclasses.fields(RunConfig)} if issubclass(config_cls, RunConfig) else set()
+    run_group = parser.add_argument_group("run options")
+    hints, comments = typing.get_type_hints(config_cls), _field_comments(config_cls)
+    for field in sorted(dataclasses.fields(config_cls), key=lambda field: field.name in run_fields):
+        if not field.init:
+            continue
+        options = _argument_options(field.name, hints[field.name])
+        # argparse %-formats help strings, so a literal "%" must be doubled.
+        options["help"] = field.metadata.get("help", comments.get(field.name, "")).replace("%", "%%")
+        if field.default is not dataclasses.MISSING:
+            options["default"] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            options["default"] = field.default_factory()
+        else:
+            options["required"] = True
+        group = run_group if field.name in run_fields else parser
+        group.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **options)
+    return parser
+
+
+def parse_config(config_cls, argv=None, description=None):
+    """Parse `argv` (default sys.argv[1:]) into a `config_cls` instance; bad values exit with code 2."""
+    parser = build_parser(config_cls, description)
+    try:
+        return config_from_dict(config_cls, vars(parser.parse_args(argv)))
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))  # Checks in a config's __post_init__ get argparse's message and exit code.
+
+
+def config_to_dict(config):
+    """The config as a plain dict, ready for JSON."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(config_cls, values):
+    """Rebuild a config from a dict such as a run's config.json.
+
+    Unknown keys are ignored and missing keys take their defaults, so configs written by older or newer
+    versions of a script still load. JSON turns tuples into lists; tuple fields get tuples back.
+    """
+    hints, kwargs = typing.get_type_hints(config_cls), {}
+    for field in dataclasses.fields(config_cls):
+        if field.init and field.name in values:
+            value, annotation = values[field.name], hints[field.name]
+            origins = {typing.get_origin(annotation), *map(typing.get_origin, typing.get_args(annotation))}
+            kwargs[field.name] = tuple(value) if isinstance(value, list) and tuple in origins else value
+    return config_cls(**kwargs)
+
+
+# ---- Precision, seeds, versions ----
+
+
+def set_precision(name):
+    """Set Keras' global dtype policy (call it before building any layer) and return the policy's name.
+
+    "auto" means mixed_bfloat16 on GPUs of compute capability 8.0 (Ampere) or newer, mixed_float16 on older
+    GPUs, and float32 without a GPU. bfloat16 keeps float32's exponent range and so needs no loss scaling.
+    """
+    choices = typing.get_args(Precision)
+    if name not in choices:
+        raise ValueError(f"Unknown precision {name!r}; choose one of: {', '.join(choices)}.")
+    if name == "auto":
+        details = [tf.config.experimental.get_device_details(gpu) for gpu in tf.config.list_physical_devices("GPU")]
+        if not details:
+            name = "float32"
+        else:
+            capability = min(detail.get("compute_capability") or (0, 0) for detail in details)
+            name = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+    keras.config.set_dtype_policy(name)
+    return name
+
+
+def set_seed(seed):
+    """Seed Python's random, NumPy, TensorFlow and Keras' global SeedGenerator."""
+    keras.utils.set_random_seed(seed)
+
+
+def package_versions():
+    """Versions of Python and of the packages that decide the numbers, and the GPU names if there are any."""
+    versions = {"python": sys.version.split()[0], "numpy": np.__version__, "tensorflow": tf.__version__}
+    versions["keras"] = keras.__version__
+    # Reading the installed metadata avoids importing SciPy and scikit-learn, which takes seconds.
+    distributions = {"scipy": "scipy", "sklearn": "scikit-learn", "h5py": "h5py", "matplotlib": "matplotlib"}
+    for key, distribution in distributions.items():
+        try:
+            versions[key] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        versions["gpus"] = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
+    return versions
+
+
+# ---- Run folders ----
+
+
+def _atomic_write(path, write, suffix=".tmp"):
+    """Call write(temporary_path), then move the result onto `path`.
+
+    os.replace within one folder is atomic, so a crash or a full disk never leaves half a file where a good
+    one was.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _write_json(path, data):
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    _atomic_write(path, lambda temporary: temporary.write_text(text))
+
+
+def _new_run_dir(script, name, now):
+    """Create runs/{script}_{name}_{timestamp}, or with -2, -3, ... appended if that folder exists."""
+    base, counter = pathlib.Path("runs") / f"{script}_{name}_{now:%Y%m%d-%H%M%S}", 1
+    while True:
+        run_dir = base if counter == 1 else base.with_name(f"{base.name}-{counter}")
+        try:
+            run_dir.mkdir(parents=True)  # Creating the folder claims it, even against a run started this second.
+            return run_dir
+        except FileExistsError:
+            counter += 1
+
+
+def _latest_run_dir(script, name):
+    """The most recent runs/{script}_{name}_{timestamp} folder that holds a config.json."""
+    pattern = re.compile(rf"{re.escape(script)}_{re.escape(name)}_(\d{{8}}-\d{{6}})(?:-(\d+))?")
+    runs, candidates = pathlib.Path("runs"), []
+    for path in runs.iterdir() if runs.is_dir() else []:
+        match = pattern.fullmatch(path.name)
+        if match and (path / "config.json").is_file():
+            candidates.append((match[1], int(match[2] or 1), path))
+    if not candidates:
+        raise FileNotFoundError(
+            f"--resume found no earlier run to continue (no folder {runs}/{script}_{name}_* with a config.json). "
+            "Pass the run folder with --out, or drop --resume to start a new run."
+        )
+    return max(candidates)[2]
+
+
+def prepare_run_dir(config, script, name, argv=None):
+    """Create (or, with --resume, reopen) the run folder; write config.json, command.txt and versions.json.
+
+    Without --out a new folder runs/{script}_{name}_{YYYYmmdd-HHMMSS} is made in the current directory, and
+    --resume without --out reopens the latest such folder. `argv` is the argument list without the program
+    name (default: sys.argv). Call it after set_precision: config.json records the dtype policy.
+    """
+    now = datetime.datetime.now()
+    if config.out:
+        run_dir = pathlib.Path(config.out)
+    else:
+        run_dir = _latest_run_dir(script, name) if config.resume else _new_run_dir(script, name, now)
+    config_path = run_dir / "config.json"
+    previous = json.loads(config_path.read_text()) if config_path.is_file() else None
+    if previous is not None and not config.resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({config_path} exists), which will not be overwritten. "
+            "Pass --resume to continue it, or another --out (or none) to start a new run."
+        )
+    if previous is not None and previous.get("script") != script:
+        raise ValueError(f"Cannot resume {run_dir} with {script}: this run folder belongs to {previous.get('script')}.")
+    if previous is None and config.resume:
+        raise FileNotFoundError(
+            f"--resume: there is no run to continue in {run_dir} ({config_path} does not exist). "
+            "Pass the folder of an earlier run with --out, or drop --resume to start a new run."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    timestamp = now.isoformat(timespec="seconds")
+    record = {
+        "script": script,
+        "name": name,
+        "config": {**config_to_dict(config), "out": str(run_dir)},
+        "precision": keras.config.dtype_policy().name,
+        "created": timestamp,
+    }
+    if previous is not None:
+        for key, old in previous.get("config", {}).items():
+            if key not in ("out", "resume") and record["config"].get(key, old) != old:
+                print(f"Resuming with a changed setting: {key} = {record['config'][key]!r} (was {old!r}).")
+        record["created"] = previous.get("created", timestamp)
+        record["resumed"] = previous.get("resumed", []) + [timestamp]
+    _write_json(config_path, record)
+    _write_json(run_dir / "versions.json", package_versions())
+    words = sys.argv if argv is None else [f"{script}.py", *argv]
+    with open(run_dir / "command.txt", "a") as file:
+        file.write(f"# {timestamp}{' (resumed)' if previous else ''}\npython {shlex.join(words)}\n")
+    print(f"Run folder: {run_dir}")
+    return run_dir
+
+
+# ---- Image grids ----
+
+
+def tile_images(images, pad=2, pad_value=1.0):
+    """Tile (rows, cols, H, W[, C]) images into one (H', W'[, C]) image with `pad` pixels between cells.
+
+    The padding is `pad_value`: white for floats in [0, 1], scaled to 255 for uint8 images.
+    """
+    images = np.asarray(images)
+    if images.ndim not in (4, 5):
+        raise ValueError(f"Expected images of shape (rows, cols, H, W) or (rows, cols, H, W, C), got {images.shape}.")
+    rows, cols, height, width = images.shape[:4]
+    fill = round(255 * pad_value) if images.dtype == np.uint8 else pad_value
+    grid = np.full((rows * (height + pad) - pad, cols * (width + pad) - pad, *images.shape[4:]), fill, images.dtype)
+    for row in range(rows):
+        for col in range(cols):
+            top, left = row * (height + pad), col * (width + pad)
+            grid[top : top + height, left : left + width] = images[row, col]
+    return grid
+
+
+def _write_png(image, path):
+    """Write an (H, W) or (H, W, C) image, float in [0, 1] or uint8, as a PNG, creating parent folders."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.round(np.clip(np.nan_to_num(image), 0.0, 1.0) * 255).astype(np.uint8)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image).save(path)
+    return path
+
+
+def save_image_grid(images, path, pad=2):
+    """Tile (rows, cols, H, W[, C]) images, floats in [0, 1] or uint8, into one PNG at `path`."""
+    return _write_png(tile_images(images, pad), path)
+
+
+# ---- Training callbacks ----
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised out of fit() by NaNGuard when a logged value becomes NaN or infinite.
+
+    Scripts let it propagate (or catch it and call sys.exit(str(error))), so a diverged run exits non-zero.
+    """
+
+
+def _first_non_finite(logs):
+    """The name of the first logged value that is NaN or infinite, or None."""
+    for key, value in (logs or {}).items():
+        try:
+            if not np.all(np.isfinite(value)):
+                return key
+        except TypeError:
+            pass  # Not a number (a string some callback added): nothing to check.
+    return None
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Raises TrainingDiverged after the first batch or epoch that logs a NaN or infinite value.
+
+    Only setting model.stop_training would not do: Keras would still call on_epoch_end of the callbacks after
+    this one, and BackupAndRestore would back up the NaN weights. Keep it before the checkpointing callbacks
+    (training_callbacks does), since Keras calls callbacks in list order.
+    """
+
+    def __init__(self, checkpoint_path=None):
+        super().__init__()
+        self.checkpoint_path = checkpoint_path
+        self.message = None  # Why training stopped, for whoever catches the exception.
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"epoch {self._epoch + 1}, batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"the end of epoch {epoch + 1}")
+
+    def _check(self, logs, where):
+        key = _first_non_finite(logs)
+        if key is None:
+            return
+        self.model.stop_training = True
+        if self.checkpoint_path and pathlib.Path(self.checkpoint_path).exists():
+            kept = f"The last good checkpoint is kept at {self.checkpoint_path}."
+        else:
+            kept = "No checkpoint had been saved yet."
+        self.message = (
+            f"Training diverged: {key} became {logs[key]} at {where}, so training was stopped. {kept} "
+            "Try a smaller learning rate, float32 precision or another seed."
+        )
+        raise TrainingDiverged(self.message)
+
+
+class LatestCheckpoint(keras.callbacks.Callback):
+    """Saves the model to `path` (a .keras file) atomically after every epoch whose logged values are finite.
+
+    Skipping non-finite epochs means that a run that fails never overwrites a good model.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = pathlib.Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        key = _first_non_finite(logs)
+        if key is None:
+            save_model(self.model, self.path)
+        else:
+            print(f"Not saving epoch {epoch + 1}: {key} is {logs[key]}. {self.path} keeps the last good model.")
+
+
+class ImageGridMonitor(keras.callbacks.Callback):
+    """Every `every` epochs and after the last one, saves fn(model) as folder/epoch_NNN.png.
+
+    fn returns one image, (H, W) or (H, W, C), or a grid (rows, cols, H, W[, C]) to tile; floats in [0, 1]
+    or uint8.
+    """
+
+    def __init__(self, fn, every=5, folder="images"):
+        super().__init__()
+        self.fn, self.every, self.folder = fn, every, pathlib.Path(folder)
+        self._last_epoch = self._last_saved = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
+        if (epoch + 1) % self.every == 0 or epoch + 1 == (self.params or {}).get("epochs"):
+            self._save(epoch)
+
+    def on_train_end(self, logs=None):
+        # A run stopped early (EarlyStopping, model.stop_training) still gets a picture of its final model.
+        if self._last_epoch is not None and self._last_saved != self._last_epoch:
+            self._save(self._last_epoch)
+
+    def _save(self, epoch):
+        image = np.asarray(self.fn(self.model))
+        _write_png(tile_images(image) if image.ndim in (4, 5) else image, self.folder / f"epoch_{epoch + 1:03d}.png")
+        self._last_saved = epoch
+
+
+def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=True):
+    """The callbacks every script passes to fit().
+
+    - TensorBoard in run_dir/tensorboard (if installed) and CSVLogger in run_dir/log.csv (appended on resume).
+    - NaNGuard (if monitor_nan) raises TrainingDiverged at the first NaN or infinite logged value.
+    - LatestCheckpoint saves run_dir/model.keras after every epoch with finite logs.
+    - BackupAndRestore keeps weights, optimizer state and epoch in run_dir/backup and restores them when fit()
+      starts, so rerunning an interrupted script with --resume continues where it stopped. The model must be
+      built (called on one batch) before fit(). The backup is kept after a finished run, so a resume with a
+      larger --epochs continues instead of starting over.
+    - ImageGridMonitor (if image_grid_fn is given) saves run_dir/images/epoch_NNN.png every grid_every epochs.
+    """
+    run_dir = pathlib.Path(run_dir)
+    checkpoint_path = run_dir / "model.keras"
+    # Order matters: the logs record a diverging epoch before NaNGuard raises, and the guard raises before
+    # the checkpoint and the backup could store NaN weights.
+    callbacks = []
+    # TensorFlow 2.21 no longer installs TensorBoard, without which its callback fails at the first epoch.
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+    else:
+        print("TensorBoard is not installed (pip install tensorboard): logging to log.csv only.")
+    callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True))
+    if monitor_nan:
+        callbacks.append(NaNGuard(checkpoint_path))
+    callbacks.append(LatestCheckpoint(checkpoint_path))
+    callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False))
+    if image_grid_fn is not None:
+        callbacks.append(ImageGridMonitor(image_grid_fn, grid_every, run_dir / "images"))
+    return callbacks
+
+
+# ---- Saving and loading models ----
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says why and what to do about it."""
+
+
+def save_model(model, path):
+    """Save the whole model (config, weights, optimizer state) to a .keras file, atomically."""
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"Model files must end in .keras, got {path}.")
+    _atomic_write(path, model.save, suffix=".keras")
+
+
+def _import_script(script, record_path):
+    """Import the model script named in a run's config.json, so that its serializable classes are registered."""
+    # The model scripts sit next to this file; make them importable from anywhere (a notebook, tests/).
+    here = str(pathlib.Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.append(here)
+    # A script that loads its own checkpoint runs as __main__; importing it again would register a second copy
+    # of its classes.
+    main = sys.modules.get("__main__")
+    if script and pathlib.Path(getattr(main, "__file__", None) or "").stem == script:
+        return main
+    try:
+        return importlib.import_module(script)
+    except (ImportError, TypeError, ValueError) as error:  # TypeError and ValueError: no or an empty name.
+        raise CheckpointError(
+            f"{record_path} says the model was trained by script {script!r}, but importing it failed ({error}). "
+            f"Run from the repository that holds {script}.py, or put its folder on PYTHONPATH."
+        ) from error
+
+
+def load_checkpoint(path):
+    """Load a model saved by a training script, from its .keras file or from its run folder.
+
+    The run folder's config.json names the script that defines the model; that module is imported first, so
+    that its registered classes can be deserialised. The model is not compiled. Returns (model, info); info
+    holds script, name, config (a dict), run_dir, path, precision and created.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise CheckpointError(f"No checkpoint at {path}: it does not exist. Pass a run folder or its model.keras.")
+    if path.is_dir():
+        if not (path / "model.keras").is_file():
+            raise CheckpointError(
+                f"{path} is a folder without model.keras. Pass a run folder in which at least one epoch finished, "
+                "or the path of a .keras file."
+            )
+        path = path / "model.keras"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            saved_class = json.loads(archive.read("config.json")).get("class_name", "unknown")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a valid .keras file ({error}). It may have been cut short, e.g. by an interrupted "
+            "copy: copy it again, or resume the run from its backup/ folder to write a new one."
+        ) from error
+    run_dir, record_path = path.parent, path.parent / "config.json"
+    if not record_path.is_file():
+        raise CheckpointError(
+            f"{path} has no {record_path} beside it. The run's config.json tells which script defines the model "
+            "and how it was configured, so a checkpoint must stay in its run folder: copy the whole folder."
+        )
+    record = json.loads(record_path.read_text())
+    script = record.get("script")
+    module = _import_script(script, record_path)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]  # Keras appends the whole config.
+        raise CheckpointError(
+            f"Could not load the {saved_class} model in {path} ({reason}). Its run folder says {script} trained "
+            f"it; if {script} does not define {saved_class}, the file comes from another script's run."
+        ) from error
+    if type(model).__module__ != module.__name__:
+        raise CheckpointError(
+            f"{path} holds a {type(model).__name__} model defined in {type(model).__module__}, but its run folder "
+            f"says {script} trained it, and {script} does not define that class: the file was probably copied "
+            "from another run folder."
+        )
+    info = {key: record.get(key) for key in ("script", "name", "precision", "created")}
+    return model, {**info, "config": record.get("config", {}), "run_dir": run_dir, "path": path}
+
+
+# ---- Benchmark ----
+
+
+def benchmark_training(model, dataset, images_per_step, warmup=20, steps=100):
+    """Time the compiled model's training step on `dataset` and print one line with ms/iter and images/s.
+
+    The first `warmup` steps (tracing, XLA compilation, tf.data start-up) are not timed. The numbers are per
+    step, also with steps_per_execution > 1. The model really trains: benchmark a throwaway run.
+    """
+    model.make_train_function()
+    # The dataset repeats so that warmup + steps never run out. Under a tf.distribute strategy the train
+    # function expects a distributed iterator; the default strategy returns the dataset unchanged.
+    iterator = iter(model.distribute_strategy.experimental_distribute_dataset(dataset.repeat()))
+
+    def wait_for(logs):
+        # TensorFlow dispatches steps asynchronously. Reading a result back waits for the step that produced
+        # it, and so for all earlier steps, whose variable updates it depends on.
+        for value in keras.tree.flatten(logs):
+            np.asarray(value)
+
+    for _ in range(warmup):
+        wait_for(model.train_function(iterator))
+    start, logs = time.perf_counter(), None
+    for _ in range(steps):
+        logs = model.train_function(iterator)
+    wait_for(logs)
+    seconds = time.perf_counter() - start
+
+    steps_run = steps * model.steps_per_execution
+    result = {
+        "ms_per_iter": 1000 * seconds / steps_run,
+        "images_per_s": images_per_step * steps_run / seconds,
+        "steps": steps,
+        "warmup": warmup,
+    }
+    print(f"benchmark: {result['ms_per_iter']:.2f} ms/iter, {result['images_per_s']:.0f} images/s")
+    return result
