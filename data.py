@@ -666,8 +666,8 @@ def _to_float(batch, image_keys):
     return {k: (tf.cast(v, tf.float32) * (1.0 / 255.0) if k in image_keys else v) for k, v in batch.items()}
 
 
-def _pipeline(make_epoch, signature, image_keys):
-    """tf.data pipeline over a Python epoch generator: make_epoch(epoch) yields dicts of NumPy batches."""
+def _pipeline(make_epoch, signature, image_keys, n_batches):
+    """tf.data pipeline over a Python epoch generator: make_epoch(epoch) yields n_batches dicts of NumPy batches."""
     import tensorflow as tf
 
     epochs_started = [0]
@@ -678,6 +678,8 @@ def _pipeline(make_epoch, signature, image_keys):
         yield from make_epoch(epoch)
 
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    # Declare the epoch length so that fit() knows it (progress bar, no "ran out of data" warning).
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(n_batches))
     dataset = dataset.map(lambda batch: _to_float(batch, image_keys), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -706,7 +708,7 @@ def _pair_pipeline(dataset, split, batch_size, seed, kind, class_label):
     signature = {"image_a": tf.TensorSpec(shape, tf.uint8), "image_b": tf.TensorSpec(shape, tf.uint8),
                  "label_a": tf.TensorSpec((batch_size,), tf.int32), "label_b": tf.TensorSpec((batch_size,), tf.int32),
                  "index_a": tf.TensorSpec((batch_size,), tf.int64), "index_b": tf.TensorSpec((batch_size,), tf.int64)}
-    return _pipeline(make_epoch, signature, ("image_a", "image_b"))
+    return _pipeline(make_epoch, signature, ("image_a", "image_b"), n_batches)
 
 
 def same_class_pairs(dataset, split="train", batch_size=64, seed=0, class_label=None):
@@ -739,6 +741,7 @@ def class_groups(dataset, split="train", groups=32, group_size=8, seed=0, class_
         raise ValueError(f"split {split!r} cannot fill one batch of {groups} groups of {group_size} same-{class_label} "
                          f"images")
     images = dataset.images
+    n_batches = int((per_class // group_size).sum()) // groups
 
     def make_epoch(epoch):
         rng = np.random.default_rng([seed, epoch])
@@ -749,7 +752,7 @@ def class_groups(dataset, split="train", groups=32, group_size=8, seed=0, class_
         within = np.arange(len(by_class)) - start[key]
         kept = by_class[within < (per_class[key] // group_size) * group_size]
         members = rng.permutation(kept.reshape(-1, group_size))
-        for b in range(len(members) // groups):
+        for b in range(n_batches):
             chosen = members[b * groups:(b + 1) * groups]
             yield {"images": images[rows[chosen.ravel()]].reshape((groups, group_size) + dataset.image_shape),
                    "labels": classes[chosen].astype(np.int32), "indices": rows[chosen]}
@@ -757,7 +760,7 @@ def class_groups(dataset, split="train", groups=32, group_size=8, seed=0, class_
     signature = {"images": tf.TensorSpec((groups, group_size) + dataset.image_shape, tf.uint8),
                  "labels": tf.TensorSpec((groups, group_size), tf.int32),
                  "indices": tf.TensorSpec((groups, group_size), tf.int64)}
-    return _pipeline(make_epoch, signature, ("images",))
+    return _pipeline(make_epoch, signature, ("images",), n_batches)
 
 
 def images(dataset, split="test", batch_size=256, shuffle=False, seed=0, drop_remainder=False):
@@ -776,9 +779,10 @@ def images(dataset, split="test", batch_size=256, shuffle=False, seed=0, drop_re
             yield {"image": data[chosen], "label": labels[chosen].astype(np.int32), "index": chosen}
 
     n = batch_size if drop_remainder else None
+    n_batches = len(rows) // batch_size if drop_remainder else -(-len(rows) // batch_size)
     signature = {"image": tf.TensorSpec((n,) + dataset.image_shape, tf.uint8),
                  "label": tf.TensorSpec((n,), tf.int32), "index": tf.TensorSpec((n,), tf.int64)}
-    return _pipeline(make_epoch, signature, ("image",))
+    return _pipeline(make_epoch, signature, ("image",), n_batches)
 
 
 # ----------------------------------------------------------------------------------------------------------------

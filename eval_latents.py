@@ -1,0 +1,399 @@
+"""Evaluate a trained model's codes: probes, swap and interpolation grids, t-SNE, loss curves, codes.npz.
+
+    python eval_latents.py --ckpt runs/cycle_vae_mnist_.../model.keras [--data-dir DIR] [--quick]
+
+Writes into <run folder>/eval/ (or --out): report.md (numbers and figures), metrics.json (config, seed,
+versions, timings, results), codes.npz (the evaluated codes and labels, keys <name>_<split>) and PNG figures.
+
+The interface a model script provides (every model in this repository does):
+    model.encode(images) -> {"z_mean", "z_logvar"[, "s"[, "s_logvar"]]}, float32 arrays, images in [0, 1]
+    model.decode(z[, s]) -> images in [0, 1]
+A model without "s" (beta-VAE) is evaluated on z alone.
+
+Probes (../shared/docs/evaluation.md Sec. 1): an MLP (Dense 256, batch norm, LeakyReLU 0.2, twice; Adam 1e-4) and
+a linear softmax layer (Adam 1e-3), batch 128, up to 100 epochs with early stopping (patience 10) on a validation
+part, best-on-validation weights, tested with batch norm in inference mode. Inputs are standardised with the
+probe-training mean and std. Each code is probed from its mean and from one sample (fixed eval seed); s of the
+cycle-VAE is deterministic, so its two entries coincide. The raw-pixel row (PCA to 256 dimensions, fitted on
+the probe-training images) is the ceiling each number is read against.
+  MNIST: digit; probe trained on 90 % of the training images, early-stopped on the other 10 %, tested on the
+      10,000 test images.
+  Sprites: the 7 attributes, action and direction: probe trained on 40 random frames of each of the 500 train
+      identities, early-stopped on the 72 validation identities, tested on every frame of the 100 unseen test
+      identities; identity: 2/3 of each test identity's frames (stratified, seeded) against the other 1/3.
+  dSprites: each of the five factors, on the fixed train/test split of data.py.
+"""
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import keras
+import numpy as np
+
+import common
+import data
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    ckpt: str = ""  # A model.keras file or its run folder (required).
+    data_dir: str = ""  # Data directory; default the one the model was trained with, else data.py's default.
+    out: str = ""  # Output folder; default <run folder>/eval.
+    seed: int = 0  # Evaluation seed (sampled codes, probe splits, subsets).
+    quick: bool = False  # Few probe epochs and t-SNE points: a smoke test, not numbers to report.
+    probe_epochs: int = 100  # Maximum probe epochs (evaluation.md).
+    patience: int = 10  # Early-stopping patience in epochs (evaluation.md).
+    tsne_points: int = 10000  # Test points in each t-SNE plot.
+    sprites_frames_per_identity: int = 40  # Probe-training frames drawn per train identity on Sprites.
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which rows are encoded, and the probe tasks on them
+# ---------------------------------------------------------------------------------------------------------------
+
+def evaluation_rows(dataset, config, rng):
+    """Dataset rows to encode, per split ('train', 'val' where there is one, 'test')."""
+    if dataset.name == "sprites":
+        identity = dataset.labels["identity"]
+        rows = {}
+        for split in ("train", "val"):
+            split_rows = dataset.rows(split)
+            rows[split] = np.sort(np.concatenate([
+                rng.choice(split_rows[identity[split_rows] == i], config.sprites_frames_per_identity, replace=False)
+                for i in np.unique(identity[split_rows])]))
+        rows["test"] = dataset.rows("test")
+        return rows
+    return {"train": dataset.rows("train"), "test": dataset.rows("test")}
+
+
+def label_columns(dataset):
+    """Targets as name -> per-row integer labels over the whole dataset."""
+    if dataset.name == "mnist":
+        return {"digit": dataset.labels["digit"]}
+    if dataset.name == "sprites":
+        columns = {name: dataset.labels["attributes"][:, k] for k, name in enumerate(data.ATTRIBUTES)}
+        columns.update(action=dataset.labels["action"], direction=dataset.labels["direction"],
+                       identity=dataset.labels["identity"])
+        return columns
+    return {name: dataset.labels["factors"][:, k] for k, name in enumerate(dataset.factor_names)}
+
+
+def probe_tasks(dataset, rows, rng):
+    """target -> (train, val, test) positions into the concatenation of rows['train'], rows['val'], rows['test']."""
+    offsets, start = {}, 0
+    for split in ("train", "val", "test"):
+        offsets[split] = np.arange(start, start + len(rows.get(split, ())))
+        start += len(rows.get(split, ()))
+    tasks = {}
+    for target in label_columns(dataset):
+        if target == "identity":
+            # Disjoint frames of the test identities: 2/3 train (10 % of it for early stopping), 1/3 test.
+            test_ids = dataset.labels["identity"][rows["test"]]
+            train, val, test = [], [], []
+            for i in np.unique(test_ids):
+                frames = rng.permutation(offsets["test"][test_ids == i])
+                cut = int(round(len(frames) * 2 / 3))
+                n_val = max(1, cut // 10)
+                val.append(frames[:n_val]), train.append(frames[n_val:cut]), test.append(frames[cut:])
+            tasks[target] = tuple(np.sort(np.concatenate(part)) for part in (train, val, test))
+        elif len(offsets["val"]):
+            tasks[target] = (offsets["train"], offsets["val"], offsets["test"])
+        else:
+            shuffled = rng.permutation(offsets["train"])
+            n_val = len(shuffled) // 10
+            tasks[target] = (np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val]), offsets["test"])
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding and probes
+# ---------------------------------------------------------------------------------------------------------------
+
+def encode(model, dataset, rows, batch_size=512):
+    """Codes of the given dataset rows as float32 NumPy arrays (inference mode)."""
+    parts = []
+    for start in range(0, len(rows), batch_size):
+        images = dataset.images[rows[start:start + batch_size]].astype(np.float32) / 255.0
+        parts.append({k: np.asarray(v, np.float32) for k, v in model.encode(images).items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def build_probe(kind, n_classes):
+    if kind == "mlp":
+        layers = []
+        for _ in range(2):
+            layers += [keras.layers.Dense(256), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+                       keras.layers.LeakyReLU(negative_slope=0.2)]
+        return keras.Sequential(layers + [keras.layers.Dense(n_classes)]), 1e-4
+    return keras.Sequential([keras.layers.Dense(n_classes)]), 1e-3
+
+
+def train_probe(kind, x, y, split, config, seed):
+    """Fit one probe; return train and test accuracy of the best-on-validation weights, and its epochs."""
+    train, val, test = split
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-8
+    x = (x - mean) / std
+    n_classes = int(y.max()) + 1
+    keras.utils.set_random_seed(seed)
+    probe, learning_rate = build_probe(kind, n_classes)
+    probe.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+                  steps_per_execution=16)
+    stop = keras.callbacks.EarlyStopping("val_accuracy", patience=config.patience, restore_best_weights=True)
+    history = probe.fit(x[train], y[train], batch_size=128, epochs=config.probe_epochs, verbose=0,
+                        validation_data=(x[val], y[val]), callbacks=[stop])
+
+    correct = np.argmax(probe.predict(x, batch_size=4096, verbose=0), 1) == y
+    return {"train": float(correct[train].mean()), "test": float(correct[test].mean()),
+            "epochs": len(history.history["loss"])}
+
+
+def pixel_features(dataset, rows_all, train_positions, n_components=256, seed=0):
+    """Raw pixels reduced by PCA fitted on the probe-training images (the ceiling row)."""
+    from sklearn.decomposition import PCA
+
+    flat = dataset.images[rows_all].reshape(len(rows_all), -1).astype(np.float32) / 255.0
+    pca = PCA(min(n_components, flat.shape[1], len(train_positions)), svd_solver="randomized", random_state=seed)
+    pca.fit(flat[train_positions])
+    return pca.transform(flat).astype(np.float32)
+
+
+def run_probes(representations, labels, tasks, config, log):
+    """Every probe on every representation: flat keys <code>/<target>/<probe>/<mean|sampled> -> test accuracy."""
+    results, details = {}, {}
+    for code, versions in representations.items():
+        for target, split in tasks.items():
+            y = labels[target]
+            for kind in ("mlp", "linear"):
+                computed = {}
+                for version, x in versions.items():
+                    if x is None:  # deterministic code: the sample is the mean
+                        computed[version] = computed["mean"]
+                    else:
+                        started = time.time()
+                        computed[version] = train_probe(kind, x, y, split, config, config.seed)
+                        log(f"probe {code}/{target}/{kind}/{version}: test {computed[version]['test']:.4f} "
+                            f"(train {computed[version]['train']:.4f}, {computed[version]['epochs']} epochs, "
+                            f"{time.time() - started:.0f} s)")
+                    key = f"{code}/{target}/{kind}/{version}"
+                    results[key], details[key] = computed[version]["test"], computed[version]
+    return results, details
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------------------
+
+def interpolation_grid(model, image_a, image_b, steps=10):
+    """steps x steps cells: s moves from s_a to s_b down the rows, z from z_a to z_b across the columns."""
+    codes = model.encode(np.stack([image_a, image_b]))
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    z = (1 - t) * codes["z_mean"][0] + t * codes["z_mean"][1]
+    s = (1 - t) * codes["s"][0] + t * codes["s"][1]
+    cells = model.decode(np.tile(z, (steps, 1)), np.repeat(s, steps, axis=0))
+    return np.asarray(cells).reshape((steps, steps) + image_a.shape)
+
+
+def plot_tsne(codes, colourings, path, points, seed):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    names = list(codes)
+    fig, axes = plt.subplots(len(names), len(colourings), figsize=(4.5 * len(colourings), 4.2 * len(names)),
+                             squeeze=False)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(names):
+        chosen = rng.choice(len(codes[name]), min(points, len(codes[name])), replace=False)
+        embedded = TSNE(2, perplexity=30, max_iter=1000, init="pca", random_state=seed).fit_transform(
+            codes[name][chosen])
+        for j, (label, values) in enumerate(colourings.items()):
+            ax = axes[i, j]
+            ax.scatter(embedded[:, 0], embedded[:, 1], c=values[chosen], s=2, cmap="tab10", rasterized=True)
+            ax.set_title(f"t-SNE of {name}, coloured by {label}", fontsize=9)
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_losses(log_csv, path):
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return False
+    def number(text):
+        try:
+            return float(text)
+        except ValueError:  # CSVLogger writes "NA" for values an epoch did not log
+            return np.nan
+
+    columns = [c for c in rows[0] if c not in ("epoch", "learning_rate")]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 2.8), squeeze=False)
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    for ax, column in zip(axes[0], columns):
+        ax.plot(epochs, [number(r[column]) for r in rows])
+        ax.set_title(column, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------------
+
+def probe_table(results, chance, codes):
+    targets = list(chance)
+    lines = ["| code | probe | " + " | ".join(targets) + " |", "|---|---|" + "---|" * len(targets),
+             "| chance (test majority) | | " + " | ".join(f"{100 * chance[t]:.1f}" for t in targets) + " |"]
+    for code, versions in codes.items():
+        for kind in ("mlp", "linear"):
+            for version in versions:
+                cells = [f"{100 * results[f'{code}/{t}/{kind}/{version}']:.1f}" for t in targets]
+                lines.append(f"| {code} ({version}) | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out, info, metrics, figures):
+    lines = [f"# Evaluation of {info['script']} on {info['config'].get('dataset')}", "",
+             f"Checkpoint: `{metrics['checkpoint']}`  ", f"Evaluated {metrics['date']} in "
+             f"{metrics['timings']['total']:.0f} s (eval seed {metrics['eval_seed']}).", "",
+             "## Probe test accuracy (%)", "",
+             "Lower is better on the block that should not carry the target; `pixels` is the ceiling.", "",
+             probe_table(metrics["probes"], metrics["chance"], metrics["representations"]), ""]
+    for title, file in figures:
+        lines += [f"## {title}", "", f"![{title}]({file})", ""]
+    lines += ["## Timings (s)", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in metrics["timings"].items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    config = common.parse_config(EvalConfig, argv, description=__doc__)
+    if not config.ckpt:
+        sys.exit("error: --ckpt is required: a model.keras file or the run folder that holds it.")
+    if config.quick:
+        config.probe_epochs, config.patience = min(config.probe_epochs, 3), min(config.patience, 2)
+        config.tsne_points = min(config.tsne_points, 500)
+        config.sprites_frames_per_identity = min(config.sprites_frames_per_identity, 8)
+    started, timings = time.time(), {}
+    try:
+        model, info = common.load_checkpoint(config.ckpt)
+    except common.CheckpointError as error:
+        sys.exit(f"error: {error}")
+    if not (hasattr(model, "encode") and hasattr(model, "decode")):
+        sys.exit(f"error: {config.ckpt} holds a {type(model).__name__}, which lacks the encode/decode interface "
+                 f"that eval_latents.py needs (see this file's docstring).")
+    trained = info["config"]
+    out = pathlib.Path(config.out) if config.out else pathlib.Path(info["run_dir"]) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(message):
+        print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
+
+    try:
+        dataset = data.load_dataset(trained["dataset"], config.data_dir or trained.get("data_dir") or None)
+    except data.DataError as error:
+        sys.exit(f"error: {error}")
+    rng = np.random.default_rng(config.seed)
+    rows = evaluation_rows(dataset, config, rng)
+    all_rows = np.concatenate([rows[s] for s in ("train", "val", "test") if s in rows])
+
+    log(f"encoding {len(all_rows)} images of {dataset.name}")
+    tick = time.time()
+    codes = encode(model, dataset, all_rows)
+    timings["encode"] = time.time() - tick
+    noise_rng = np.random.default_rng(config.seed + 1)
+    sampled_z = codes["z_mean"] + np.exp(0.5 * codes["z_logvar"]) * noise_rng.standard_normal(codes["z_mean"].shape)
+    representations = {}
+    if "s" in codes:
+        sampled_s = None
+        if "s_logvar" in codes:
+            sampled_s = codes["s"] + np.exp(0.5 * codes["s_logvar"]) * noise_rng.standard_normal(codes["s"].shape)
+        representations["s"] = {"mean": codes["s"], "sampled": sampled_s}
+    representations["z"] = {"mean": codes["z_mean"], "sampled": sampled_z.astype(np.float32)}
+
+    labels = {name: np.asarray(column)[all_rows] for name, column in label_columns(dataset).items()}
+    tasks = probe_tasks(dataset, rows, rng)
+    tick = time.time()
+    any_task = next(iter(tasks.values()))
+    representations["pixels"] = {"mean": pixel_features(dataset, all_rows, any_task[0], seed=config.seed)}
+    timings["pixel_pca"] = time.time() - tick
+    chance = {t: float(np.bincount(labels[t][split[2]]).max() / len(split[2])) for t, split in tasks.items()}
+
+    tick = time.time()
+    probes, probe_details = run_probes(representations, labels, tasks, config, log)
+    timings["probes"] = time.time() - tick
+
+    # codes.npz: keys <name>_<split>, so that any other tool can re-score the same codes.
+    arrays, start = {}, 0
+    per_row_labels = {"mnist": {"digit": dataset.labels.get("digit")},
+                      "sprites": {k: dataset.labels.get(k) for k in ("identity", "attributes", "action", "direction",
+                                                                     "frame")},
+                      "dsprites": {"factors": dataset.labels.get("factors")}}[dataset.name]
+    for split in ("train", "val", "test"):
+        if split not in rows:
+            continue
+        part = slice(start, start + len(rows[split]))
+        start += len(rows[split])
+        for key, values in codes.items():
+            arrays[f"{key}_{split}"] = values[part]
+        arrays[f"z_sampled_{split}"] = sampled_z[part].astype(np.float32)
+        for key, values in per_row_labels.items():
+            arrays[f"{key}_{split}"] = values[rows[split]]
+        arrays[f"row_{split}"] = rows[split]
+    np.savez_compressed(out / "codes.npz", **arrays)
+
+    # Figures.
+    tick = time.time()
+    figures = []
+    test = rows["test"]
+    picks = np.random.default_rng(config.seed).choice(test, 8, replace=False)
+    grid_images = dataset.images[picks].astype(np.float32) / 255.0
+    if "s" in codes:
+        common.save_image_grid(common.swap_grid(model, grid_images), out / "swap_grid.png")
+        figures.append(("Swap grid (s from the row image, z from the column image)", "swap_grid.png"))
+        common.save_image_grid(interpolation_grid(model, grid_images[0], grid_images[1]), out / "interpolation.png")
+        figures.append(("Interpolation (s down the rows, z across the columns)", "interpolation.png"))
+    test_part = slice(len(all_rows) - len(test), len(all_rows))
+    colour_by = {"mnist": ["digit"], "sprites": ["body", "hair", "action", "direction"],
+                 "dsprites": ["shape", "scale", "posX"]}[dataset.name]
+    tsne_codes = {name: versions["mean"][test_part] for name, versions in representations.items() if name != "pixels"}
+    plot_tsne(tsne_codes, {c: labels[c][test_part] for c in colour_by}, out / "tsne.png", config.tsne_points,
+              config.seed)
+    figures.append(("t-SNE of the test codes (means)", "tsne.png"))
+    log_csv = pathlib.Path(info["run_dir"]) / "log.csv"
+    if log_csv.is_file() and plot_losses(log_csv, out / "losses.png"):
+        figures.append(("Training losses", "losses.png"))
+    timings["figures"] = time.time() - tick
+    timings["total"] = time.time() - started
+
+    metrics = {"schema": 1, "checkpoint": str(config.ckpt), "model": info["script"], "dataset": dataset.name,
+               "config": trained, "eval_config": dataclasses.asdict(config), "eval_seed": config.seed,
+               "training_seed": trained.get("seed"), "versions": common.package_versions(),
+               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": {k: len(v) for k, v in rows.items()},
+               "probes": probes, "probe_details": probe_details, "chance": chance,
+               "representations": {k: list(v) for k, v in representations.items()}, "timings": timings}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    write_report(out, info, metrics, figures)
+    log(f"report written to {out / 'report.md'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

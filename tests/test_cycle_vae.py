@@ -1,0 +1,199 @@
+"""cycle_vae.py and the core of eval_latents.py: steps, mixed precision, save/load, resume, evaluation, CLI errors."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import common
+import cycle_vae
+import data
+from test_data import make_mnist
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    root = tmp_path_factory.mktemp("mnist-data")
+    make_mnist(root, n_train=320, n_test=100)
+    return root, data.load_mnist(root)
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def make_model(dataset, reverse_mode="joint", z_dim=16, s_dim=16, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = cycle_vae.CycleVAE(dataset.image_shape, dataset.name, z_dim, s_dim, reverse_mode=reverse_mode, seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8),
+                  reverse_optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8))
+    model.build()
+    return model
+
+
+def first_batch(dataset, batch_size=32):
+    config = cycle_vae.Config(batch_size=batch_size)
+    return next(iter(cycle_vae.training_data(dataset, config)))
+
+
+@pytest.mark.parametrize("reverse_mode", ["joint", "separate"])
+def test_one_step_gives_finite_losses(tiny_mnist, reverse_mode):
+    _, dataset = tiny_mnist
+    model = make_model(dataset, reverse_mode)
+    before = [v.numpy().copy() for v in model.encoder.trainable_variables]
+    logs = model.train_step(first_batch(dataset))
+    expected = {"loss", "loss/forward", "loss/reverse", "loss/reconstruction", "loss/kl", "per_image/swap_sse",
+                "per_image/kl_nats", "reverse/recovery_error"}
+    assert set(logs) == expected
+    for name, value in logs.items():
+        assert np.shape(value) == () and np.isfinite(value), name
+    # Reference normalisation: reconstruction = 2 * 2 * mean SSE / P, since each of the two mMSEs is SSE / P.
+    np.testing.assert_allclose(float(logs["loss/reconstruction"]), 4 * float(logs["per_image/swap_sse"]) / 784,
+                               rtol=1e-5)
+    assert any(not np.allclose(b, a.numpy()) for b, a in zip(before, model.encoder.trainable_variables))
+
+
+def test_reverse_cycle_only_updates_the_encoder(tiny_mnist):
+    _, dataset = tiny_mnist
+    model = make_model(dataset, "separate")
+    batch = first_batch(dataset)
+    decoder_before = [v.numpy().copy() for v in model.decoder.trainable_variables]
+    generated, prior = model._reverse_inputs(batch["different"])
+    with tf.GradientTape() as tape:
+        mean, _, _ = model.encoder(generated, training=True)
+        reverse, _ = model._reverse_cycle(mean, prior)
+    gradients = tape.gradient(reverse, model.trainable_variables)
+    named = dict(zip([v.path for v in model.trainable_variables], gradients))
+    assert all(named[v.path] is None for v in model.decoder.trainable_variables)
+    assert any(named[v.path] is not None for v in model.encoder.trainable_variables)
+    assert all(np.array_equal(b, a.numpy()) for b, a in zip(decoder_before, model.decoder.trainable_variables))
+
+
+def test_reverse_cycle_pairs_differ_in_class(tiny_mnist):
+    _, dataset = tiny_mnist
+    config = cycle_vae.Config(batch_size=32)
+    for batch in cycle_vae.training_data(dataset, config):
+        assert np.all(batch["different"]["label_a"].numpy() != batch["different"]["label_b"].numpy())
+        assert np.all(batch["same"]["label_a"].numpy() == batch["same"]["label_b"].numpy())
+
+
+def _update_size(dataset, batch, policy):
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(0)
+    model = cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16)
+    # SGD makes a missing loss scale visible: its step is proportional to the gradient.
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.build()
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    # Dynamic loss scaling starts at 2^15 and skips steps whose scaled gradients overflow float16 (halving
+    # the scale each time): the first step that is applied is the one to compare.
+    for _ in range(20):
+        model.train_step(batch)
+        size = np.sqrt(sum(np.sum((a.numpy() - b) ** 2) for a, b in zip(model.trainable_variables, before)))
+        if size > 0:
+            return size
+    return 0.0
+
+
+def test_mixed_float16_step_matches_float32(tiny_mnist):
+    _, dataset = tiny_mnist
+    batch = first_batch(dataset)
+    full = _update_size(dataset, batch, "float32")
+    mixed = _update_size(dataset, batch, "mixed_float16")
+    # Without scale_loss the mixed update would be 32,768 times smaller; with it, about the same size.
+    assert 0.5 < mixed / full < 2.0, (mixed, full)
+
+
+def test_save_load_gives_identical_codes(tiny_mnist, tmp_path, monkeypatch):
+    root, dataset = tiny_mnist
+    monkeypatch.chdir(tmp_path)
+    config = cycle_vae.Config(data_dir=str(root), out=str(tmp_path / "run"))
+    run_dir = common.prepare_run_dir(config, script="cycle_vae", name="mnist", argv=[])
+    model = make_model(dataset)
+    model.train_step(first_batch(dataset))
+    common.save_model(model, run_dir / "model.keras")
+    loaded, info = common.load_checkpoint(run_dir)
+    images = dataset.images[:50].astype(np.float32) / 255.0
+    original, restored = model.encode(images), loaded.encode(images)
+    for key in ("s", "z_mean", "z_logvar"):
+        np.testing.assert_array_equal(np.asarray(original[key]), np.asarray(restored[key]))
+    assert info["script"] == "cycle_vae" and type(loaded).__name__ == "CycleVAE"
+
+
+def run_script(script, *args, cwd):
+    env = {**os.environ, data.OFFLINE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def test_train_resume_and_evaluate_end_to_end(tiny_mnist, tmp_path):
+    root, _ = tiny_mnist
+    common_args = ["--dataset", "mnist", "--data-dir", str(root), "--batch-size", "32", "--steps-per-epoch", "4",
+                   "--out", str(tmp_path / "run"), "--grid-every", "1", "--no-evaluate"]
+    first = run_script("cycle_vae.py", *common_args, "--epochs", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Resume to 3 epochs: only the third epoch runs, continuing the CSV log and the optimizer's step count.
+    second = run_script("cycle_vae.py", *common_args, "--epochs", "3", "--resume", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Epoch 3/3" in second.stdout and "Epoch 1/3" not in second.stdout
+    epochs = [line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]
+    assert (tmp_path / "run" / "images" / "epoch_003.png").is_file()
+
+    evaluated = run_script("eval_latents.py", "--ckpt", str(tmp_path / "run"), "--quick", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    out = tmp_path / "run" / "eval"
+    report = (out / "report.md").read_text()
+    assert "swap_grid.png" in report and "tsne.png" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    for code in ("s", "z", "pixels"):
+        assert 0.0 <= metrics["probes"][f"{code}/digit/mlp/mean"] <= 1.0
+    assert "s/digit/linear/sampled" in metrics["probes"] and "z/digit/mlp/sampled" in metrics["probes"]
+    assert metrics["chance"]["digit"] == pytest.approx(0.1)  # the fixture's test labels are balanced
+    codes = np.load(out / "codes.npz")
+    assert codes["s_train"].shape == (320, 16) and codes["z_mean_test"].shape == (100, 16)
+    assert codes["digit_test"].shape == (100,) and "z_logvar_train" in codes.files
+
+
+def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path):
+    missing = run_script("eval_latents.py", "--ckpt", str(tmp_path / "nothing.keras"), cwd=tmp_path)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "nothing.keras" in missing.stderr
+    # A checkpoint whose run folder says it came from a script this repository does not have.
+    run = tmp_path / "foreign"
+    run.mkdir()
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"script": "some_other_project", "name": "x", "config": {}}))
+    foreign = run_script("eval_latents.py", "--ckpt", str(run / "model.keras"), cwd=tmp_path)
+    assert foreign.returncode != 0 and "Traceback" not in foreign.stderr
+    assert "some_other_project" in foreign.stderr
+
+
+def test_cli_rejects_bad_flags(tmp_path):
+    result = run_script("cycle_vae.py", "--dataset", "cifar", cwd=tmp_path)
+    assert result.returncode == 2 and "--dataset" in result.stderr and "invalid choice" in result.stderr
+    result = run_script("cycle_vae.py", "--reverse-mode", "both", cwd=tmp_path)
+    assert result.returncode == 2 and "--reverse-mode" in result.stderr
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not here")
+def test_short_real_run_lowers_the_loss(monkeypatch):
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    dataset = data.load_mnist(SHARED)
+    model = make_model(dataset)
+    train = cycle_vae.training_data(dataset, cycle_vae.Config(batch_size=64))
+    history = model.fit(train, epochs=2, steps_per_epoch=40, verbose=0)
+    losses = history.history["loss/forward"]
+    assert losses[1] < 0.8 * losses[0], losses
