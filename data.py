@@ -162,13 +162,6 @@ def _fetch_missing(files, folder, urls, what, hint, download, validate=None):
     return [folder / f for f in files]
 
 
-def _atomic_save_npy(path, array):
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
 def _writable_dir(path):
     # Folders without any write permission bit (such as ../shared/data) count as read-only even for root, who
     # could write there anyway: a cache must not be dropped into a shared, read-only copy of the data.
