@@ -342,10 +342,8 @@ def main(argv=None):
 
     # codes.npz: keys <name>_<split>, so that any other tool can re-score the same codes.
     arrays, start = {}, 0
-    per_row_labels = {"mnist": {"digit": dataset.labels.get("digit")},
-                      "sprites": {k: dataset.labels.get(k) for k in ("identity", "attributes", "action", "direction",
-                                                                     "frame")},
-                      "dsprites": {"factors": dataset.labels.get("factors")}}[dataset.name]
+    label_keys = {"mnist": ("digit",), "sprites": ("identity", "attributes", "action", "direction", "frame"),
+                  "dsprites": ("factors",)}[dataset.name]
     for split in ("train", "val", "test"):
         if split not in rows:
             continue
@@ -354,8 +352,8 @@ def main(argv=None):
         for key, values in codes.items():
             arrays[f"{key}_{split}"] = values[part]
         arrays[f"z_sampled_{split}"] = sampled_z[part].astype(np.float32)
-        for key, values in per_row_labels.items():
-            arrays[f"{key}_{split}"] = values[rows[split]]
+        for key in label_keys:
+            arrays[f"{key}_{split}"] = dataset.labels[key][rows[split]]
         arrays[f"row_{split}"] = rows[split]
     np.savez_compressed(out / "codes.npz", **arrays)
 
