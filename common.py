@@ -245,7 +245,7 @@ def _atomic_write(path, write, suffix=".tmp"):
         temporary.unlink(missing_ok=True)
 
 
-def _write_json(path, data):
+def write_json(path, data):
     text = json.dumps(data, indent=2, default=str) + "\n"
     _atomic_write(path, lambda temporary: temporary.write_text(text))
 
@@ -320,13 +320,28 @@ def prepare_run_dir(config, script, name, argv=None):
                 print(f"Resuming with a changed setting: {key} = {record['config'][key]!r} (was {old!r}).")
         record["created"] = previous.get("created", timestamp)
         record["resumed"] = previous.get("resumed", []) + [timestamp]
-    _write_json(config_path, record)
-    _write_json(run_dir / "versions.json", package_versions())
+    write_json(config_path, record)
+    write_json(run_dir / "versions.json", package_versions())
     words = sys.argv if argv is None else [f"{script}.py", *argv]
     with open(run_dir / "command.txt", "a") as file:
         file.write(f"# {timestamp}{' (resumed)' if previous else ''}\npython {shlex.join(words)}\n")
     print(f"Run folder: {run_dir}")
     return run_dir
+
+
+def completed_epochs(run_dir):
+    """Epochs that the run in run_dir has completed according to its backup (0 for a new run).
+
+    fit() restores the same number from the same file; scripts use it to start their data pipelines at the
+    epoch they continue from.
+    """
+    for name in ("training_metadata.json", "training_metadata.json.bkp"):
+        path = pathlib.Path(run_dir) / "backup" / name
+        try:
+            return int(json.loads(path.read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return 0
 
 
 # ---- Image grids ----
@@ -442,6 +457,33 @@ class NaNGuard(keras.callbacks.Callback):
         raise TrainingDiverged(self.message)
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds the epoch's wall-clock seconds to its logs as `time/epoch_seconds` (so log.csv keeps them).
+
+    Keep it first in the callback list: the callbacks after it receive the same logs dict. The sum over log.csv
+    is the training time of a run, also of one resumed across sessions (training_minutes).
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["time/epoch_seconds"] = time.perf_counter() - self._start
+
+
+def training_minutes(run_dir):
+    """Minutes of training recorded in run_dir/log.csv by EpochTimer (0 when there is no such column)."""
+    import csv
+
+    try:
+        with open(pathlib.Path(run_dir) / "log.csv") as file:
+            seconds = [row.get("time/epoch_seconds") for row in csv.DictReader(file)]
+    except OSError:
+        return 0.0
+    return sum(float(value) for value in seconds if value not in (None, "", "NA")) / 60
+
+
 class LatestCheckpoint(keras.callbacks.Callback):
     """Saves the model to `path` (a .keras file) atomically after every epoch whose logged values are finite.
 
@@ -491,6 +533,7 @@ class ImageGridMonitor(keras.callbacks.Callback):
 def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=True):
     """The callbacks every script passes to fit().
 
+    - EpochTimer adds each epoch's seconds to the logs.
     - TensorBoard in run_dir/tensorboard (if installed) and CSVLogger in run_dir/log.csv (appended on resume).
     - NaNGuard (if monitor_nan) raises TrainingDiverged at the first NaN or infinite logged value.
     - LatestCheckpoint saves run_dir/model.keras after every epoch with finite logs.
@@ -504,7 +547,7 @@ def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=Tr
     checkpoint_path = run_dir / "model.keras"
     # Order matters: the logs record a diverging epoch before NaNGuard raises, and the guard raises before
     # the checkpoint and the backup could store NaN weights.
-    callbacks = []
+    callbacks = [EpochTimer()]
     # TensorFlow 2.21 no longer installs TensorBoard, without which its callback fails at the first epoch.
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
@@ -514,7 +557,9 @@ def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=Tr
     if monitor_nan:
         callbacks.append(NaNGuard(checkpoint_path))
     callbacks.append(LatestCheckpoint(checkpoint_path))
-    callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False))
+    # double_checkpoint keeps the previous backup too, so a run killed while writing one can still resume.
+    callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False,
+                                                      double_checkpoint=True))
     if image_grid_fn is not None:
         callbacks.append(ImageGridMonitor(image_grid_fn, grid_every, run_dir / "images"))
     return callbacks

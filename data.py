@@ -659,11 +659,14 @@ def _to_float(batch, image_keys):
     return {k: (tf.cast(v, tf.float32) * (1.0 / 255.0) if k in image_keys else v) for k, v in batch.items()}
 
 
-def _pipeline(make_epoch, signature, image_keys, n_batches):
-    """tf.data pipeline over a Python epoch generator: make_epoch(epoch) yields n_batches dicts of NumPy batches."""
+def _pipeline(make_epoch, signature, image_keys, n_batches, first_epoch=0):
+    """tf.data pipeline over a Python epoch generator: make_epoch(epoch) yields n_batches dicts of NumPy batches.
+
+    The k-th pass over the dataset is epoch first_epoch + k, so a resumed run draws new pairs, not epoch 0's again.
+    """
     import tensorflow as tf
 
-    epochs_started = [0]
+    epochs_started = [first_epoch]
 
     def generate():
         epoch = epochs_started[0]
@@ -677,7 +680,7 @@ def _pipeline(make_epoch, signature, image_keys, n_batches):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _pair_pipeline(dataset, split, batch_size, seed, kind, class_label):
+def _pair_pipeline(dataset, split, batch_size, seed, kind, class_label, first_epoch):
     import tensorflow as tf
 
     class_label = class_label or dataset.class_label
@@ -701,23 +704,24 @@ def _pair_pipeline(dataset, split, batch_size, seed, kind, class_label):
     signature = {"image_a": tf.TensorSpec(shape, tf.uint8), "image_b": tf.TensorSpec(shape, tf.uint8),
                  "label_a": tf.TensorSpec((batch_size,), tf.int32), "label_b": tf.TensorSpec((batch_size,), tf.int32),
                  "index_a": tf.TensorSpec((batch_size,), tf.int64), "index_b": tf.TensorSpec((batch_size,), tf.int64)}
-    return _pipeline(make_epoch, signature, ("image_a", "image_b"), n_batches)
+    return _pipeline(make_epoch, signature, ("image_a", "image_b"), n_batches, first_epoch)
 
 
-def same_class_pairs(dataset, split="train", batch_size=64, seed=0, class_label=None):
+def same_class_pairs(dataset, split="train", batch_size=64, seed=0, class_label=None, first_epoch=0):
     """Batches of pairs (a, b) of the same class with b != a, b drawn afresh every epoch.
 
     One epoch visits every image of the split once as `a` (in a new random order), dropping the last partial batch.
+    Epoch k's pairs depend only on (seed, k); `first_epoch` is the epoch a resumed run continues from.
     """
-    return _pair_pipeline(dataset, split, batch_size, seed, "same", class_label)
+    return _pair_pipeline(dataset, split, batch_size, seed, "same", class_label, first_epoch)
 
 
-def different_class_pairs(dataset, split="train", batch_size=64, seed=0, class_label=None):
+def different_class_pairs(dataset, split="train", batch_size=64, seed=0, class_label=None, first_epoch=0):
     """Batches of pairs (a, b) whose classes differ (on Sprites also never the weapon twin 2k / 2k+1)."""
-    return _pair_pipeline(dataset, split, batch_size, seed, "different", class_label)
+    return _pair_pipeline(dataset, split, batch_size, seed, "different", class_label, first_epoch)
 
 
-def class_groups(dataset, split="train", groups=32, group_size=8, seed=0, class_label=None):
+def class_groups(dataset, split="train", groups=32, group_size=8, seed=0, class_label=None, first_epoch=0):
     """Batches of `groups` groups of `group_size` distinct images of one class each (ML-VAE).
 
     Every epoch the images of each class are shuffled and cut into disjoint groups (the remainder of each class
@@ -753,10 +757,10 @@ def class_groups(dataset, split="train", groups=32, group_size=8, seed=0, class_
     signature = {"images": tf.TensorSpec((groups, group_size) + dataset.image_shape, tf.uint8),
                  "labels": tf.TensorSpec((groups, group_size), tf.int32),
                  "indices": tf.TensorSpec((groups, group_size), tf.int64)}
-    return _pipeline(make_epoch, signature, ("images",), n_batches)
+    return _pipeline(make_epoch, signature, ("images",), n_batches, first_epoch)
 
 
-def images(dataset, split="test", batch_size=256, shuffle=False, seed=0, drop_remainder=False):
+def images(dataset, split="test", batch_size=256, shuffle=False, seed=0, drop_remainder=False, first_epoch=0):
     """Single images {image, label, index} in split order (or shuffled each epoch), for encoding and plain VAEs."""
     import tensorflow as tf
 
@@ -775,7 +779,7 @@ def images(dataset, split="test", batch_size=256, shuffle=False, seed=0, drop_re
     n_batches = len(rows) // batch_size if drop_remainder else -(-len(rows) // batch_size)
     signature = {"image": tf.TensorSpec((n,) + dataset.image_shape, tf.uint8),
                  "label": tf.TensorSpec((n,), tf.int32), "index": tf.TensorSpec((n,), tf.int64)}
-    return _pipeline(make_epoch, signature, ("image",), n_batches)
+    return _pipeline(make_epoch, signature, ("image",), n_batches, first_epoch)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests of common.py: command line from dataclasses, run folders, image grids, callbacks, checkpoints."""
 
+import csv
 import dataclasses
 import json
 import pathlib
@@ -361,6 +362,11 @@ def test_backup_and_restore_resumes_from_the_last_epoch(tmp_path):
     assert epochs_logged == [0, 1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["epoch_003.png", "epoch_004.png"]
     assert (tmp_path / "backup" / "latest.weights.h5").exists()  # Kept, so a longer --epochs can continue.
+    # Scripts start their data pipelines at the completed epoch, and the training time adds up over sessions.
+    assert common.completed_epochs(tmp_path) == 4 and common.completed_epochs(tmp_path / "nothing") == 0
+    seconds = [float(row["time/epoch_seconds"]) for row in csv.DictReader(open(tmp_path / "log.csv"))]
+    assert len(seconds) == 4 and all(s > 0 for s in seconds)
+    assert common.training_minutes(tmp_path) == pytest.approx(sum(seconds) / 60)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -88,31 +88,39 @@ def test_reverse_cycle_pairs_differ_in_class(tiny_mnist):
         assert np.all(batch["same"]["label_a"].numpy() == batch["same"]["label_b"].numpy())
 
 
-def _update_size(dataset, batch, policy):
+def _update_size(dataset, batch, policy, reverse_mode):
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
-    model = cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16)
-    # SGD makes a missing loss scale visible: its step is proportional to the gradient.
-    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model = cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16, reverse_mode=reverse_mode)
+    # SGD makes a missing loss scale visible: its step is proportional to the gradient. In the separate mode
+    # the second optimizer must be wrapped and scaled too, or the encoder's reverse step would vanish.
+    model.compile(optimizer=keras.optimizers.SGD(0.1), reverse_optimizer=keras.optimizers.SGD(0.1))
     model.build()
+    if policy == "mixed_float16":
+        # Both optimizers must have been wrapped for loss scaling. Their dynamic scale starts at 2^15, at which
+        # the first float16 gradients may overflow and the step be skipped (a different skip pattern for the
+        # two optimizers); 2^8 still shrinks an unscaled update 256-fold, so a missing scale_loss shows.
+        optimizers = [model.optimizer] + ([model.reverse_optimizer] if reverse_mode == "separate" else [])
+        for optimizer in optimizers:
+            assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+            optimizer.dynamic_scale.assign(2.0 ** 8)
     before = [v.numpy().copy() for v in model.trainable_variables]
-    # Dynamic loss scaling starts at 2^15 and skips steps whose scaled gradients overflow float16 (halving
-    # the scale each time): the first step that is applied is the one to compare.
-    for _ in range(20):
-        model.train_step(batch)
-        size = np.sqrt(sum(np.sum((a.numpy() - b) ** 2) for a, b in zip(model.trainable_variables, before)))
-        if size > 0:
-            return size
-    return 0.0
+    model.train_step(batch)
+    moved = {v.path: np.sum((v.numpy() - b) ** 2) for v, b in zip(model.trainable_variables, before)}
+    # The decoder moves with the forward optimizer alone; the whole model with both.
+    decoder = np.sqrt(sum(moved[v.path] for v in model.decoder.trainable_variables))
+    return decoder, np.sqrt(sum(moved.values()))
 
 
-def test_mixed_float16_step_matches_float32(tiny_mnist):
+@pytest.mark.parametrize("reverse_mode", ["joint", "separate"])
+def test_mixed_float16_step_matches_float32(tiny_mnist, reverse_mode):
     _, dataset = tiny_mnist
     batch = first_batch(dataset)
-    full = _update_size(dataset, batch, "float32")
-    mixed = _update_size(dataset, batch, "mixed_float16")
-    # Without scale_loss the mixed update would be 32,768 times smaller; with it, about the same size.
-    assert 0.5 < mixed / full < 2.0, (mixed, full)
+    full = _update_size(dataset, batch, "float32", reverse_mode)
+    mixed = _update_size(dataset, batch, "mixed_float16", reverse_mode)
+    # Without scale_loss the mixed update would be 256 times smaller; with it, about the same size.
+    for part, mixed_size, full_size in zip(("decoder", "all"), mixed, full):
+        assert full_size > 0 and 0.8 < mixed_size / full_size < 1.25, (part, mixed_size, full_size)
 
 
 def test_save_load_gives_identical_codes(tiny_mnist, tmp_path, monkeypatch):
@@ -131,8 +139,8 @@ def test_save_load_gives_identical_codes(tiny_mnist, tmp_path, monkeypatch):
     assert info["script"] == "cycle_vae" and type(loaded).__name__ == "CycleVAE"
 
 
-def run_script(script, *args, cwd):
-    env = {**os.environ, data.OFFLINE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+def run_script(script, *args, cwd, env=None):
+    env = {**os.environ, data.OFFLINE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
 
@@ -151,12 +159,22 @@ def test_train_resume_and_evaluate_end_to_end(tiny_mnist, tmp_path):
     assert epochs == ["0", "1", "2"]
     assert (tmp_path / "run" / "images" / "epoch_003.png").is_file()
 
-    evaluated = run_script("eval_latents.py", "--ckpt", str(tmp_path / "run"), "--quick", cwd=tmp_path)
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    evaluated = run_script("eval_latents.py", "--ckpt", str(tmp_path / "run"), "--quick", cwd=tmp_path, env=cache)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     out = tmp_path / "run" / "eval"
     report = (out / "report.md").read_text()
-    assert "swap_grid.png" in report and "tsne.png" in report
+    assert "swap_grid.png" in report and "tsne.png" in report and "per dimension" in report
     metrics = json.loads((out / "metrics.json").read_text())
+    dims = metrics["z_dimensions"]
+    assert len(dims["kl_nats"]) == 16 and all(k >= 0 for k in dims["kl_nats"])
+    assert dims["active"] == [k >= 0.1 for k in dims["kl_nats"]]
+    # The pixel row does not depend on the model: a second evaluation reads it back instead of recomputing it.
+    again = run_script("eval_latents.py", "--ckpt", str(tmp_path / "run"), "--quick", "--out", str(tmp_path / "again"),
+                       cwd=tmp_path, env=cache)
+    assert again.returncode == 0 and "pixel ceiling row read from" in again.stdout, again.stderr[-3000:]
+    repeated = json.loads((tmp_path / "again" / "metrics.json").read_text())["probes"]
+    assert all(repeated[k] == v for k, v in metrics["probes"].items() if k.startswith("pixels/"))
     for code in ("s", "z", "pixels"):
         assert 0.0 <= metrics["probes"][f"{code}/digit/mlp/mean"] <= 1.0
     assert "s/digit/linear/sampled" in metrics["probes"] and "z/digit/mlp/sampled" in metrics["probes"]

@@ -341,6 +341,15 @@ def test_pairs_are_deterministic_under_a_seed(mnist):
     assert not all(np.array_equal(x["index_b"], y["index_b"]) for x, y in zip(one, other))
 
 
+@pytest.mark.parametrize("pipeline", [data.same_class_pairs, data.different_class_pairs])
+def test_a_resumed_pipeline_continues_with_the_next_epochs_pairs(mnist, pipeline):
+    fresh = pipeline(mnist, "train", 32, seed=5)
+    epochs = [_epoch(fresh) for _ in range(3)]
+    resumed = pipeline(mnist, "train", 32, seed=5, first_epoch=2)
+    assert all(np.array_equal(x["index_b"], y["index_b"]) for x, y in zip(_epoch(resumed), epochs[2]))
+    assert not all(np.array_equal(x["index_b"], y["index_b"]) for x, y in zip(epochs[0], epochs[2]))
+
+
 def test_different_class_pairs(mnist):
     epoch = _epoch(data.different_class_pairs(mnist, "train", 32, seed=0))
     a = np.concatenate([b["index_a"] for b in epoch])
