@@ -361,7 +361,7 @@ def main(argv=None):
         common.benchmark_training(model, pipeline(), images_per_step=4 * config.batch_size)
         return
     run_dir = common.prepare_run_dir(config, script="cycle_vae", name=config.dataset, argv=argv)
-    train = pipeline(common.completed_epochs(run_dir) if config.resume else 0)
+    train = pipeline(common.completed_epochs(run_dir))  # 0 for a new run: it has no backup yet
     test_images = np.stack([dataset.images[i] for i in _grid_rows(dataset)]).astype(np.float32) / 255.0
     callbacks = common.training_callbacks(run_dir, image_grid_fn=lambda m: common.tile_images(common.swap_grid(m, test_images)),
                                           grid_every=config.grid_every)
