@@ -397,6 +397,21 @@ def swap_grid(model, images):
     return np.concatenate([top, np.concatenate([images[:, None], cells], axis=1)])
 
 
+def traversal_grid(model, z_mean, order, values=None, s=None):
+    """Latent traversal around one code (evaluation.md Sec. 2), as (len(order), len(values)) cells.
+
+    Row i sets latent order[i] of `z_mean` (one image's mean code, shape (d,)) to each of `values` in turn
+    (default 10 steps from -2.5 to 2.5), keeping the others, and decodes through the model's decode(z[, s]).
+    """
+    values = np.linspace(-2.5, 2.5, 10, dtype=np.float32) if values is None else np.asarray(values, np.float32)
+    order = np.asarray(order)
+    z = np.tile(np.asarray(z_mean, np.float32), (len(order) * len(values), 1))
+    z[np.arange(len(z)), np.repeat(order, len(values))] = np.tile(values, len(order))
+    decoded = model.decode(z) if s is None else model.decode(z, np.tile(np.asarray(s, np.float32), (len(z), 1)))
+    decoded = np.asarray(decoded)
+    return decoded.reshape((len(order), len(values)) + decoded.shape[1:])
+
+
 # ---- Training callbacks ----
 
 

@@ -1,6 +1,7 @@
 """Evaluate a trained model's codes: probes, swap and interpolation grids, t-SNE, loss curves, codes.npz.
 
     python eval_latents.py --ckpt runs/cycle_vae_mnist_.../model.keras [--data-dir DIR] [--quick]
+    python eval_latents.py --codes FILE.npz [--out FILE.json] [--fast] [--seed N]   (metric suite on given codes)
 
 Writes into <run folder>/eval/ (or --out): report.md (numbers and figures), metrics.json (config, seed,
 versions, timings, results), codes.npz (the evaluated codes and labels, keys <name>_<split>) and PNG figures.
@@ -53,6 +54,8 @@ class EvalConfig:
     sprites_frames_per_identity: int = 40  # Probe-training frames drawn per train identity on Sprites.
     active_kl: float = 0.1  # A z dimension is active when its mean KL (nats per image) reaches this.
     pixel_cache: bool = True  # Reuse the raw-pixel ceiling row computed with the same data and probe settings.
+    codes: str = ""  # Instead of --ckpt: .npz of codes (N, D) and factors (N, K); runs the metric suite (--out: JSON).
+    fast: bool = False  # With --codes: the fast in-training metric preset (never mix it with full-size numbers).
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,6 +268,82 @@ def interpolation_grid(model, image_a, image_b, steps=10):
     return np.asarray(cells).reshape((steps, steps) + image_a.shape)
 
 
+def decode_means(model, codes):
+    """Decode mean codes through the shared interface: decode(z, s) for s/z models, decode(z) otherwise."""
+    if "s" in codes:
+        return np.asarray(model.decode(codes["z_mean"], codes["s"]))
+    return np.asarray(model.decode(codes["z_mean"]))
+
+
+def reconstruction_grid(model, images, columns=8):
+    """Rows of originals, each followed by the row of their reconstructions from the mean codes."""
+    codes = {k: np.asarray(v) for k, v in model.encode(images).items()}
+    rebuilt = decode_means(model, codes)
+    rows = len(images) // columns
+    pairs = np.stack([images[:rows * columns], rebuilt[:rows * columns]]).reshape((2, rows, columns) + images.shape[1:])
+    return pairs.transpose((1, 0) + tuple(range(2, pairs.ndim))).reshape((2 * rows, columns) + images.shape[1:])
+
+
+def write_traversals(model, images, kl_order, out, max_latents=10):
+    """Latent traversals (evaluation.md Sec. 2): each latent swept over [-2.5, 2.5] in 10 steps around the mean
+    code of each seed image, latents sorted by mean KL (largest first).
+
+    Writes traversal_<k>.png per seed image (rows: latents, columns: values), traversal.gif (each frame one
+    value, rows: latents, columns: seed images) and traversal_dims/dim_<j>.gif per latent (the seed images side
+    by side as latent j sweeps). Returns the report's figure entries."""
+    codes = {k: np.asarray(v) for k, v in model.encode(images).items()}
+    order = np.asarray(kl_order)[:max_latents]
+    grids = [common.traversal_grid(model, codes["z_mean"][k], order, s=codes["s"][k] if "s" in codes else None)
+             for k in range(len(images))]
+    figures = []
+    for k, grid in enumerate(grids):
+        common.save_image_grid(grid, out / f"traversal_{k}.png")
+        figures.append((f"Latent traversal around test image {k} (rows: z dimensions by KL, "
+                        f"{', '.join(map(str, order))}; columns: -2.5 to 2.5)", f"traversal_{k}.png"))
+    cells = np.stack(grids, axis=1)  # (latents, seeds, values, H, W, C)
+    steps = list(range(cells.shape[2])) + list(range(cells.shape[2] - 2, 0, -1))  # there and back
+    frames = [common.tile_images(cells[:, :, v]) for v in steps]
+    _write_gif(frames, out / "traversal.gif")
+    figures.append(("Traversal animation (rows: z dimensions by KL; columns: test images)", "traversal.gif"))
+    for row, dim in enumerate(order):
+        _write_gif([common.tile_images(cells[row:row + 1, :, v]) for v in steps],
+                   out / "traversal_dims" / f"dim_{dim:02d}.gif")
+    return figures
+
+
+def _write_gif(frames, path, milliseconds=120):
+    import PIL.Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures = []
+    for frame in frames:
+        frame = np.round(np.clip(np.asarray(frame), 0.0, 1.0) * 255).astype(np.uint8)
+        pictures.append(PIL.Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame))
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=milliseconds, loop=0)
+
+
+def plot_dimensions(stats, path, limit=64):
+    """Bar charts of the mean KL and the mean posterior variance per z dimension (sorted by KL), active ones dark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(stats["kl_nats"])[::-1][:limit]
+    colours = ["tab:blue" if stats["active"][j] else "lightgray" for j in order]
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 0.32 * len(order) + 2) * 2, 3.0))
+    for ax, key, title in ((axes[0], "kl_nats", "mean KL (nats per image)"),
+                           (axes[1], "posterior_variance", "mean posterior variance")):
+        ax.bar(range(len(order)), [stats[key][j] for j in order], color=colours)
+        ax.set_xticks(range(len(order)), [str(j) for j in order], fontsize=7)
+        ax.set_xlabel("z dimension (sorted by KL; grey: inactive)", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    axes[1].axhline(1.0, color="k", lw=0.5, ls="--")  # the prior's variance
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_tsne(codes, colourings, path, points, seed):
     import matplotlib
 
@@ -278,7 +357,9 @@ def plot_tsne(codes, colourings, path, points, seed):
     rng = np.random.default_rng(seed)
     for i, name in enumerate(names):
         chosen = rng.choice(len(codes[name]), min(points, len(codes[name])), replace=False)
-        embedded = TSNE(2, perplexity=30, max_iter=1000, init="pca", random_state=seed).fit_transform(
+        # Perplexity 30 (evaluation.md); tiny test sets (smoke tests) need a smaller one.
+        perplexity = min(30.0, (len(chosen) - 1) / 3)
+        embedded = TSNE(2, perplexity=perplexity, max_iter=1000, init="pca", random_state=seed).fit_transform(
             codes[name][chosen])
         for j, (label, values) in enumerate(colourings.items()):
             ax = axes[i, j]
@@ -308,14 +389,26 @@ def plot_losses(log_csv, path):
         except ValueError:  # CSVLogger writes "NA" for values an epoch did not log
             return np.nan
 
-    columns = [c for c in rows[0] if c not in ("epoch", "learning_rate") and not c.startswith("time/")]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 2.8), squeeze=False)
+    # One panel per logged term; the per-dimension KLs of a beta-VAE (kl/dim_*) share one panel. CSVLogger also
+    # writes val_* columns, all "NA" here since no run validates.
+    columns = [c for c in rows[0] if c not in ("epoch", "learning_rate") and not c.startswith(("time/", "val_"))]
+    panels = [[c] for c in columns if not c.startswith("kl/dim_")]
+    if any(c.startswith("kl/dim_") for c in columns):
+        panels.append([c for c in columns if c.startswith("kl/dim_")])
+    per_row = min(5, len(panels))
+    fig, axes = plt.subplots(-(-len(panels) // per_row), per_row, figsize=(3.2 * per_row, 2.8 * -(-len(panels) // per_row)),
+                             squeeze=False)
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    for ax, column in zip(axes[0], columns):
-        ax.plot(epochs, [number(r[column]) for r in rows])
-        ax.set_title(column, fontsize=8)
+    for ax, panel in zip(axes.ravel(), panels):
+        for column in panel:
+            ax.plot(epochs, [number(r[column]) for r in rows], lw=1, label=column[len("kl/"):] if len(panel) > 1 else None)
+        ax.set_title(panel[0] if len(panel) == 1 else "KL per z dimension (nats)", fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
+        if len(panel) > 1:
+            ax.legend(fontsize=5, ncol=2)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -356,6 +449,20 @@ def write_report(out, info, metrics, figures):
               "A dimension with KL near 0 transmits almost nothing through a sampled code, but its mean may still vary "
               "with the input; the `z_active` row probes the active dimensions' means alone.", "",
               dimension_table(dims), ""]
+    if "disentanglement" in metrics:
+        details = metrics["disentanglement_details"]
+        lines += ["## Disentanglement metrics (disentanglement_lib definitions)", "",
+                  f"Representation: {details['representation']} (encoder mean) over the factors "
+                  f"{', '.join(f'{n} ({k})' for n, k in zip(details['factor_names'], details['factor_sizes']))}; "
+                  f"{details['num_rows']} rows, smallest conditional group {details['min_group_size']}; "
+                  f"{details['preset']} preset, seed {details['seed']}.", "",
+                  "| metric | score | seconds |", "|---|---|---|"]
+        import disentanglement_metrics
+
+        seconds = {name: details["seconds"][disentanglement_metrics.HEADLINE[name][0]]
+                   for name in metrics["disentanglement"]}
+        lines += [f"| {name} | {value:.3f} | {seconds[name]:.1f} |" for name, value in metrics["disentanglement"].items()]
+        lines += [""]
     for title, file in figures:
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     lines += ["## Timings (s)", "", "| step | seconds |", "|---|---|"]
@@ -365,8 +472,21 @@ def write_report(out, info, metrics, figures):
 
 def main(argv=None):
     config = common.parse_config(EvalConfig, argv, description=__doc__)
+    if config.codes:
+        # Given codes: only the disentanglement metric suite (disentanglement_metrics.score_codes_file).
+        import disentanglement_metrics
+
+        if config.ckpt:
+            sys.exit("error: --ckpt and --codes exclude each other: pass a model (--ckpt) or an .npz of codes and "
+                     "factors (--codes), not both.")
+        try:
+            return disentanglement_metrics.score_codes_file(config.codes, config.out or None, config.fast,
+                                                            config.seed)
+        except disentanglement_metrics.CodesError as error:
+            sys.exit(f"error: {error}")
     if not config.ckpt:
-        sys.exit("error: --ckpt is required: a model.keras file or the run folder that holds it.")
+        sys.exit("error: --ckpt is required: a model.keras file or the run folder that holds it (or --codes FILE.npz "
+                 "to score given codes).")
     if config.quick:
         config.probe_epochs, config.patience = min(config.probe_epochs, 3), min(config.patience, 2)
         config.tsne_points = min(config.tsne_points, 500)
@@ -430,6 +550,27 @@ def main(argv=None):
     representations["pixels"] = {"mean": None}
     timings["pixel_ceiling"] = time.time() - tick
 
+    # The disentanglement_lib suite (evaluation.md Sec. 4) where the data has ground-truth factors. Every row of
+    # the dataset is encoded above, so the interventional metrics look their draws up instead of re-encoding
+    # ~2.9M images; the representation is the encoder mean ([s, z_mean] for the specified/unspecified models).
+    suite = None
+    if dataset.factor_names and len(all_rows) == len(dataset.images):
+        import disentanglement_metrics
+
+        tick = time.time()
+        mean_code = np.concatenate([codes["s"], codes["z_mean"]], 1) if "s" in codes else codes["z_mean"]
+        full = np.empty_like(mean_code)
+        full[all_rows] = mean_code
+        preset = config.quick or config.fast
+        log(f"disentanglement metrics ({'fast preset' if preset else 'study sizes'}) on the "
+            f"{'[s, z_mean]' if 's' in codes else 'z_mean'} code over {', '.join(dataset.factor_names)}")
+        suite = disentanglement_metrics.all_metrics(disentanglement_metrics.codes_representation(full),
+                                                    disentanglement_metrics.FactorSampler(dataset.labels["factors"]),
+                                                    seed=config.seed, fast=preset, progress=log)
+        suite["representation"] = "[s, z_mean]" if "s" in codes else "z_mean"
+        suite["factor_names"], suite["factor_sizes"] = list(dataset.factor_names), list(dataset.factor_sizes)
+        timings["disentanglement"] = time.time() - tick
+
     # codes.npz: keys <name>_<split>, so that any other tool can re-score the same codes.
     arrays, start = {}, 0
     label_keys = {"mnist": ("digit",), "sprites": ("identity", "attributes", "action", "direction", "frame"),
@@ -458,6 +599,15 @@ def main(argv=None):
         figures.append(("Swap grid (s from the row image, z from the column image)", "swap_grid.png"))
         common.save_image_grid(interpolation_grid(model, grid_images[0], grid_images[1]), out / "interpolation.png")
         figures.append(("Interpolation (s down the rows, z across the columns)", "interpolation.png"))
+    shown = np.random.default_rng(config.seed + 2).choice(test, min(16, len(test) // 8 * 8), replace=False)
+    common.save_image_grid(reconstruction_grid(model, dataset.images[shown].astype(np.float32) / 255.0),
+                           out / "reconstructions.png")
+    figures.append(("Reconstructions (each row of test images above its reconstructions from the mean codes)",
+                    "reconstructions.png"))
+    plot_dimensions(dimensions, out / "dimensions.png")
+    figures.append(("z per dimension: mean KL and mean posterior variance", "dimensions.png"))
+    kl_order = np.argsort(dimensions["kl_nats"])[::-1]
+    figures += write_traversals(model, grid_images[:3], kl_order, out)
     test_part = slice(len(all_rows) - len(test), len(all_rows))
     colour_by = {"mnist": ["digit"], "sprites": ["body", "hair", "action", "direction"],
                  "dsprites": ["shape", "scale", "posX"]}[dataset.name]
@@ -478,6 +628,9 @@ def main(argv=None):
                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": {k: len(v) for k, v in rows.items()},
                "probes": probes, "probe_details": probe_details, "chance": chance, "z_dimensions": dimensions,
                "representations": {k: list(v) for k, v in representations.items()}, "timings": timings}
+    if suite is not None:
+        metrics["disentanglement"] = suite["disentanglement"]
+        metrics["disentanglement_details"] = suite
     common.write_json(out / "metrics.json", metrics)
     write_report(out, info, metrics, figures)
     log(f"report written to {out / 'report.md'}")
