@@ -637,6 +637,181 @@ def all_metrics(represent, factor_sampler, seed=0, fast=False, progress=print):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Specified / unspecified codes (evaluation.md Sec. 5.1-5.2): metrics per block, leakage against chance
+# ---------------------------------------------------------------------------------------------------------------
+
+# Metrics that need at least two factors: the interventional classifiers have a single class to predict
+# (score 1 whatever the code), DCI disentanglement is an entropy in base K = 1 and modularity divides by K - 1.
+NEEDS_TWO_FACTORS = ("beta_vae", "factor_vae", "modularity", "dci/disentanglement")
+LEAKAGE_SETTINGS = {"study": {"num_train": 10000, "num_test": 5000}, "fast": {"num_train": 2000, "num_test": 1000}}
+
+
+def _score(value):
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def block_suite(represent, sampler, seed=0, fast=False, progress=print):
+    """The metric suite of one code block against its own factors (evaluation.md Sec. 5.1).
+
+    With two or more factors this is `all_metrics`. With one factor (dSprites' s block against shape) the
+    metrics listed in NEEDS_TWO_FACTORS are undefined and reported as None; MIG, SAP, DCI completeness and
+    informativeness, and explicitness are computed as usual.
+    """
+    if sampler.num_factors >= 2:
+        return all_metrics(represent, sampler, seed=seed, fast=fast, progress=progress)
+    settings = FAST_SETTINGS if fast else STUDY_SETTINGS
+    results = {"preset": "fast" if fast else "study", "seed": seed, "num_rows": len(sampler),
+               "min_group_size": sampler.min_group_size(), "settings": settings, "seconds": {},
+               "undefined": {name: "needs two or more factors" for name in NEEDS_TWO_FACTORS}}
+    for name in ("mig", "dci", "sap", "modularity_explicitness"):
+        start = time.perf_counter()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            results[name] = METRICS[name](represent, sampler, seed=seed, **settings[name])
+        results["seconds"][name] = time.perf_counter() - start
+        if progress is not None:
+            progress(f"[metrics] {name}: {results['seconds'][name]:.1f} s")
+    results["dci"]["disentanglement"] = None
+    results["modularity_explicitness"]["modularity_score"] = None
+    flat = {}
+    for name, (metric, key) in HEADLINE.items():
+        flat[name] = None if name in NEEDS_TWO_FACTORS or metric not in results else results[metric][key]
+    results["disentanglement"] = flat
+    return results
+
+
+def block_importance_share(importance, code_blocks, factor_blocks):
+    """Block-DCI: for each factor, the share of its DCI importance (its column of R) in its intended block.
+
+    `importance` is the (D, K) matrix of `dci_importance` on the whole code, `code_blocks` maps a block name to
+    its code columns and `factor_blocks` names each factor's intended block. 1 means that only the intended
+    block predicts the factor; a factor that no code dim predicts (an all-zero column) gets None.
+    """
+    importance = np.abs(np.asarray(importance, dtype=np.float64))
+    shares = []
+    for k, block in enumerate(factor_blocks):
+        total = importance[:, k].sum()
+        shares.append(float(importance[code_blocks[block], k].sum() / total) if total > 0 else None)
+    defined = [share for share in shares if share is not None]
+    return {"per_factor": shares, "mean": float(np.mean(defined)) if defined else None}
+
+
+def leakage_from_codes(train_codes, train_target, test_codes, test_target, seed=0, num_bins=20):
+    """How well a block predicts a factor that it should not hold (evaluation.md Sec. 5.2).
+
+    Two classifiers on codes standardised with the training mean and std: LogisticRegression (sklearn defaults,
+    max_iter 1000) and gradient-boosted trees (HistGradientBoostingClassifier with its defaults and a fixed seed:
+    a leakage check, not a library metric, so the fast histogram trees are used rather than DCI's exact ones).
+    chance = the test share of the most frequent test class; normalised = (accuracy - chance) / (1 - chance),
+    kept raw (it can be negative). The classifier-free score is max over code dims of the 20-bin MI between the
+    dim and the factor divided by the factor's entropy (0: no dim informs, 1: one dim determines it).
+    """
+    train_target, test_target = np.asarray(train_target), np.asarray(test_target)
+    mean, std = train_codes.mean(axis=0), train_codes.std(axis=0)
+    std = np.where(std > 0.0, std, 1.0)
+    train_x, test_x = (train_codes - mean) / std, (test_codes - mean) / std
+    chance = float(np.bincount(test_target).max() / len(test_target))
+    classifiers = {"lr": linear_model.LogisticRegression(max_iter=1000),
+                   "gbt": ensemble.HistGradientBoostingClassifier(random_state=seed)}
+    out = {"chance": chance}
+    for name, classifier in classifiers.items():
+        accuracy = float(np.mean(classifier.fit(train_x, train_target).predict(test_x) == test_target))
+        out[name] = {"accuracy": accuracy, "normalised": (accuracy - chance) / (1.0 - chance)}
+    mutual_info = discrete_mutual_info(histogram_discretize(train_codes, num_bins), train_target[:, None])[:, 0]
+    entropy = discrete_entropy(train_target[:, None])[0]
+    out["mi_ratio"] = float(mutual_info.max() / entropy) if entropy > 0 else None
+    return out
+
+
+def specified_unspecified_metrics(represent, sampler, s_dims, specified, factor_names=None, seed=0, fast=False,
+                                  importance=None, progress=print):
+    """Block metrics, block-DCI and leakage for a code [s, z] whose first `s_dims` columns are the specified block.
+
+    `specified` lists the factor indices that s should carry (dSprites: shape); z should carry the others.
+    1. block suites: s against the specified factors, z against the others (`block_suite`);
+    2. block-DCI (`block_importance_share`) from `importance`, the (D, K) DCI matrix on the whole code (for
+       example all_metrics(...)["dci"]["importance_matrix"]); computed here at the preset's DCI size if None;
+    3. leakage (`leakage_from_codes`): z -> each specified factor, s -> each other factor, on num_train /
+       num_test distinct rows, test disjoint from train (10,000 / 5,000; fast preset 2,000 / 1,000), each with a
+       `data_baseline`:
+       the same classifiers given the true factors that the block should hold, which on a subset of the factor
+       product can predict the target by correlation alone (with the full product they are at chance).
+    """
+    num_factors = sampler.num_factors
+    names = list(factor_names) if factor_names is not None else [f"factor_{k}" for k in range(num_factors)]
+    specified = sorted(int(k) for k in specified)
+    others = [k for k in range(num_factors) if k not in specified]
+    if not specified or not others:
+        raise ValueError(f"specified factors {specified} must be a non-empty proper subset of the {num_factors} "
+                         "factors, so that both blocks have factors of their own")
+    probe = np.asarray(represent(np.arange(1)))
+    if not 0 < s_dims < probe.shape[1]:
+        raise ValueError(f"s_dims = {s_dims} must leave both blocks non-empty in a {probe.shape[1]}-dim code")
+    columns = {"s": np.arange(s_dims), "z": np.arange(s_dims, probe.shape[1])}
+    factor_sets = {"s": specified, "z": others}
+    results = {"blocks": {block: {"code_dims": [int(columns[block][0]), int(columns[block][-1]) + 1],
+                                  "factors": [names[k] for k in factor_sets[block]]} for block in columns},
+               "seconds": {}}
+
+    def block_view(block):
+        def view(rows):
+            return np.asarray(represent(rows))[..., columns[block]]
+        return view
+
+    for block in ("s", "z"):
+        start = time.perf_counter()
+        if progress is not None:
+            progress(f"[blocks] {block} block ({len(columns[block])} dims) against "
+                     f"{', '.join(names[k] for k in factor_sets[block])}")
+        suite = block_suite(block_view(block), FactorSampler(sampler.factors[:, factor_sets[block]]), seed=seed,
+                            fast=fast, progress=progress)
+        results[f"{block}_block"] = suite
+        results["seconds"][f"{block}_block"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if importance is None:
+        settings = (FAST_SETTINGS if fast else STUDY_SETTINGS)["dci"]
+        importance = dci(represent, sampler, seed=seed, **settings)["importance_matrix"]
+    intended = ["s" if k in specified else "z" for k in range(num_factors)]
+    share = block_importance_share(importance, columns, intended)
+    results["block_dci"] = {"per_factor": dict(zip(names, share["per_factor"])), "mean": share["mean"],
+                            "intended_block": dict(zip(names, intended))}
+    results["seconds"]["block_dci"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    sizes = LEAKAGE_SETTINGS["fast" if fast else "study"]
+    # Distinct rows, the test rows disjoint from the training ones: each row's code is unique, so a classifier
+    # could otherwise recognise a test row it was trained on and read its factor off by memory, not leakage.
+    # (Fewer rows than num_train + num_test: all of them, split in the same proportion.)
+    random_state = _random_state(seed)
+    wanted = sizes["num_train"] + sizes["num_test"]
+    rows = random_state.choice(len(sampler), min(wanted, len(sampler)), replace=False)
+    cut = int(round(len(rows) * sizes["num_train"] / wanted))
+    train_codes, test_codes = _encode(represent, rows[:cut]), _encode(represent, rows[cut:])
+    train_factors, test_factors = sampler.factors[rows[:cut]], sampler.factors[rows[cut:]]
+    leakage = {}
+    for block, targets in (("z", specified), ("s", others)):
+        for k in targets:
+            entry = leakage_from_codes(train_codes[:, columns[block]], train_factors[:, k],
+                                       test_codes[:, columns[block]], test_factors[:, k], seed=seed)
+            # On a subset of the factor product the block's own factors can predict factor k (the data lacks some
+            # combinations): the same classifiers on those true factors give the level that is not leakage.
+            own = factor_sets[block]
+            entry["data_baseline"] = leakage_from_codes(train_factors[:, own].astype(np.float64), train_factors[:, k],
+                                                        test_factors[:, own].astype(np.float64), test_factors[:, k],
+                                                        seed=seed)
+            leakage[f"{block}->{names[k]}"] = entry
+            if progress is not None:
+                progress(f"[leakage] {block} -> {names[k]}: LR {entry['lr']['accuracy']:.3f}, GBT "
+                         f"{entry['gbt']['accuracy']:.3f} (chance {entry['chance']:.3f}; GBT on the block's true "
+                         f"factors {entry['data_baseline']['gbt']['accuracy']:.3f}), MI ratio "
+                         f"{_score(entry['mi_ratio'])}")
+    results["leakage"] = leakage
+    results["leakage_settings"] = sizes
+    results["seconds"]["leakage"] = time.perf_counter() - start
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Scoring given codes (eval_latents.py --codes)
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -6,6 +6,13 @@
 Writes into <run folder>/eval/ (or --out): report.md (numbers and figures), metrics.json (config, seed,
 versions, timings, results), codes.npz (the evaluated codes and labels, keys <name>_<split>) and PNG figures.
 
+On data with ground-truth factors (dSprites) it also runs the disentanglement_lib suite on the mean code
+(disentanglement_metrics.py; `--quick` uses its fast preset) and, for the specified/unspecified models,
+evaluation.md Sec. 5: the suite per block (s against the specified factor, z against the others), block-DCI,
+leakage against chance with the level the block's own true factors reach, and the ground-truth swap error
+(Dec(z_b, s_a) against the real image with a's shape and b's other factors, with the reconstruction floor).
+Every specified/unspecified model gets the predictor networks s -> z and z -> s (evaluation.md Sec. 3).
+
 The interface a model script provides (every model in this repository does):
     model.encode(images) -> {"z_mean", "z_logvar"[, "s"[, "s_logvar"]]}, float32 arrays, images in [0, 1]
     model.decode(z[, s]) -> images in [0, 1]
@@ -56,6 +63,8 @@ class EvalConfig:
     pixel_cache: bool = True  # Reuse the raw-pixel ceiling row computed with the same data and probe settings.
     codes: str = ""  # Instead of --ckpt: .npz of codes (N, D) and factors (N, K); runs the metric suite (--out: JSON).
     fast: bool = False  # With --codes: the fast in-training metric preset (never mix it with full-size numbers).
+    swap_pairs: int = 5000  # Test pairs drawn for the ground-truth swap error (data with factors).
+    predictors: bool = True  # Train the predictor networks s -> z and z -> s (specified/unspecified models).
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,6 +320,120 @@ def write_traversals(model, images, kl_order, out, max_latents=10):
     return figures
 
 
+def decode_batched(model, z, s=None, batch_size=512):
+    """decode(z[, s]) in batches, as a float32 NumPy array."""
+    parts = []
+    for start in range(0, len(z), batch_size):
+        part = slice(start, start + batch_size)
+        parts.append(np.asarray(model.decode(z[part]) if s is None else model.decode(z[part], s[part]), np.float32))
+    return np.concatenate(parts)
+
+
+def image_errors(predicted, target):
+    """Per-image BCE (nats, summed over pixels), MSE (mean over pixels) and IoU of the 0.5-thresholded images."""
+    predicted = np.clip(predicted.reshape(len(predicted), -1).astype(np.float64), 1e-7, 1 - 1e-7)
+    target = target.reshape(len(target), -1).astype(np.float64)
+    bce = -np.sum(target * np.log(predicted) + (1 - target) * np.log1p(-predicted), axis=1)
+    mse = np.mean(np.square(predicted - target), axis=1)
+    on_predicted, on_target = predicted > 0.5, target > 0.5
+    union = np.sum(on_predicted | on_target, axis=1)
+    iou = np.where(union > 0, np.sum(on_predicted & on_target, axis=1) / np.maximum(union, 1), 1.0)
+    return {"bce": bce, "mse": mse, "iou": iou}
+
+
+def ground_truth_swap_error(model, dataset, s_all, z_all, specified, test_rows, rng, pairs=5000):
+    """Ground-truth swap error (evaluation.md Sec. 5.4) on a dataset with factors (dSprites).
+
+    Test pairs (a, b) whose specified factors differ are drawn uniformly; the swap x^ = Dec(z_b, s_a) is compared
+    with the real image x* that has a's specified factors and b's other factors, where that image exists in the
+    data (`coverage` is the share of pairs for which it does; a subset of the factor product lacks the rest).
+    The floor is the same errors for the plain reconstruction of x* from its own mean codes. `s_all`, `z_all`
+    are the codes of every dataset row. Returns the summary and the arrays for the figure.
+    """
+    index = dataset.factor_index("all")
+    factors = dataset.labels["factors"]
+    a = rng.choice(test_rows, 4 * pairs)
+    b = rng.choice(test_rows, 4 * pairs)
+    differ = np.any(factors[a][:, specified] != factors[b][:, specified], axis=1)
+    a, b = a[differ][:pairs], b[differ][:pairs]
+    wanted = factors[b].copy()
+    wanted[:, specified] = factors[a][:, specified]
+    position = index.lookup(wanted)
+    found = position >= 0
+    a, b, target = a[found], b[found], index.dataset_rows[position[found]]
+    swapped = decode_batched(model, z_all[b], s_all[a])
+    rebuilt = decode_batched(model, z_all[target], s_all[target])
+    truth = dataset.images[target].astype(np.float32) / 255.0
+    swap, floor = image_errors(swapped, truth), image_errors(rebuilt, truth)
+    summary = {"pairs_drawn": int(len(found)), "pairs_scored": int(found.sum()), "coverage": float(found.mean()),
+               "swap": {k: float(v.mean()) for k, v in swap.items()},
+               "floor": {k: float(v.mean()) for k, v in floor.items()},
+               "specified": [dataset.factor_names[k] for k in specified]}
+    show = slice(0, 8)
+    figure = np.stack([dataset.images[a[show]].astype(np.float32) / 255.0,
+                       dataset.images[b[show]].astype(np.float32) / 255.0, swapped[show], truth[show], rebuilt[show]])
+    return summary, figure
+
+
+def build_regressor(out_dim):
+    """The probes' MLP body (evaluation.md Sec. 1) with a linear output of `out_dim` units."""
+    layers = []
+    for _ in range(2):
+        layers += [keras.layers.Dense(256), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+                   keras.layers.LeakyReLU(negative_slope=0.2)]
+    return keras.Sequential(layers + [keras.layers.Dense(out_dim)])
+
+
+def train_predictor(x, y, split, config, seed):
+    """Fit x -> y by MSE (Adam 1e-3, batch 128, early stopping on the validation part); predictions for every row."""
+    train, val, _ = split
+    mean, std = x[train].mean(0), x[train].std(0) + 1e-8
+    x = (x - mean) / std
+    keras.utils.set_random_seed(seed)
+    net = build_regressor(y.shape[1])
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", steps_per_execution=16)
+    stop = keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=True)
+    history = net.fit(x[train], y[train], batch_size=128, epochs=config.probe_epochs, verbose=0,
+                      validation_data=(x[val], y[val]), callbacks=[stop])
+    return np.asarray(net.predict(x, batch_size=4096, verbose=0), np.float32), len(history.history["loss"])
+
+
+def predictor_networks(model, s, z, split, config, rng, log, max_images=2000):
+    """Predictor networks f: s -> z and g: z -> s and their regeneration error (evaluation.md Sec. 3).
+
+    On mean codes with the probes' splits. Code-space R^2 = 1 - sum_j MSE_j / sum_j Var_j over the test codes
+    (pooled over dims). Regeneration error on up to `max_images` test images: RE_f = MSE(Dec(z, s), Dec(f(s), s)),
+    RE_g = MSE(Dec(z, s), Dec(z, g(z))), against the constant predictor (training mean of the predicted code).
+    For a disentangled model neither block predicts the other: R^2 near 0 and RE / RE_baseline near 1.
+    """
+    train, _, test = split
+    shown = np.sort(rng.choice(test, min(max_images, len(test)), replace=False))
+    reference = decode_batched(model, z[shown], s[shown])
+    results, images = {}, {"original": reference}
+    for name, source, target in (("s->z", s, z), ("z->s", z, s)):
+        started = time.time()
+        predicted, epochs = train_predictor(source, target, split, config, config.seed)
+        constant = np.broadcast_to(target[train].mean(0), target.shape)
+        residual = np.sum(np.square(predicted[test] - target[test]), axis=0)
+        total = np.sum(np.square(target[test] - target[test].mean(0)), axis=0)
+        if name == "s->z":
+            regenerated, baseline = (decode_batched(model, predicted[shown], s[shown]),
+                                     decode_batched(model, np.array(constant[shown]), s[shown]))
+        else:
+            regenerated, baseline = (decode_batched(model, z[shown], predicted[shown]),
+                                     decode_batched(model, z[shown], np.array(constant[shown])))
+        error = float(np.mean(np.square(regenerated - reference)))
+        error_baseline = float(np.mean(np.square(baseline - reference)))
+        results[name] = {"r2": float(1.0 - residual.sum() / max(total.sum(), 1e-12)),
+                         "regeneration_mse": error, "baseline_mse": error_baseline,
+                         "ratio": error / error_baseline if error_baseline > 0 else None, "epochs": epochs,
+                         "images": int(len(shown))}
+        images[name], images[f"{name} constant"] = regenerated, baseline
+        log(f"predictor {name}: R2 {results[name]['r2']:.3f}, regeneration MSE {error:.3e} vs constant "
+            f"{error_baseline:.3e} ({epochs} epochs, {time.time() - started:.0f} s)")
+    return results, images
+
+
 def _write_gif(frames, path, milliseconds=120):
     import PIL.Image
 
@@ -434,6 +557,50 @@ def probe_table(results, chance, codes):
     return "\n".join(lines)
 
 
+def _score(value, digits=3):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def block_report(blocks, swap):
+    """The report's section on the s and z blocks: suites per block, block-DCI, leakage, ground-truth swap."""
+    s_block, z_block = blocks["blocks"]["s"], blocks["blocks"]["z"]
+    lines = ["## Specified and unspecified blocks (evaluation.md Sec. 5)", "",
+             f"s = code dims {s_block['code_dims'][0]}-{s_block['code_dims'][1] - 1} against "
+             f"{', '.join(s_block['factors'])}; z = dims {z_block['code_dims'][0]}-{z_block['code_dims'][1] - 1} "
+             f"against {', '.join(z_block['factors'])}. n/a: the metric needs two or more factors.", "",
+             "| metric | s block | z block |", "|---|---|---|"]
+    for name in blocks["s_block"]["disentanglement"]:
+        lines.append(f"| {name} | {_score(blocks['s_block']['disentanglement'][name])} | "
+                     f"{_score(blocks['z_block']['disentanglement'][name])} |")
+    share = blocks["block_dci"]
+    lines += ["", "Block-DCI: the share of each factor's DCI importance that falls in its intended block (ideal 1).",
+              "", "| factor | intended block | share |", "|---|---|---|"]
+    lines += [f"| {name} | {share['intended_block'][name]} | {_score(value)} |"
+              for name, value in share["per_factor"].items()]
+    lines += [f"| mean | | {_score(share['mean'])} |", "",
+              f"Leakage: a block predicting the factors it should not hold "
+              f"({blocks['leakage_settings']['num_train']} / {blocks['leakage_settings']['num_test']} rows); "
+              "normalised = (accuracy - chance) / (1 - chance), 0 is chance; MI ratio = max over the block's dims of "
+              "MI(dim, factor) / H(factor).", "",
+              "The last column is the GBT given the true factors that the block should hold instead of the code: what "
+              "those factors alone predict in this data (above chance only where the data lacks combinations).", "",
+              "| block -> factor | chance | LR | LR normalised | GBT | GBT normalised | MI ratio | GBT on true factors |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, entry in blocks["leakage"].items():
+        lines.append(f"| {name} | {entry['chance']:.3f} | {entry['lr']['accuracy']:.3f} | "
+                     f"{entry['lr']['normalised']:.3f} | {entry['gbt']['accuracy']:.3f} | "
+                     f"{entry['gbt']['normalised']:.3f} | {_score(entry['mi_ratio'])} | "
+                     f"{entry['data_baseline']['gbt']['accuracy']:.3f} |")
+    lines += ["", f"Ground-truth swap error: Dec(z_b, s_a) against the real image with a's "
+              f"{', '.join(swap['specified'])} and b's other factors, over {swap['pairs_scored']} test pairs "
+              f"(coverage {swap['coverage']:.2f} of {swap['pairs_drawn']} drawn pairs); the floor is the "
+              "reconstruction of that real image.", "",
+              "| | BCE (nats per image) | MSE per pixel | IoU (0.5) |", "|---|---|---|---|"]
+    for row in ("swap", "floor"):
+        lines.append(f"| {row} | {swap[row]['bce']:.2f} | {swap[row]['mse']:.3e} | {swap[row]['iou']:.3f} |")
+    return lines + [""]
+
+
 def write_report(out, info, metrics, figures):
     lines = [f"# Evaluation of {info['script']} on {info['config'].get('dataset')}", "",
              f"Checkpoint: `{metrics['checkpoint']}`  ", f"Evaluated {metrics['date']} in "
@@ -462,6 +629,20 @@ def write_report(out, info, metrics, figures):
         seconds = {name: details["seconds"][disentanglement_metrics.HEADLINE[name][0]]
                    for name in metrics["disentanglement"]}
         lines += [f"| {name} | {value:.3f} | {seconds[name]:.1f} |" for name, value in metrics["disentanglement"].items()]
+        lines += [""]
+    if "blocks" in metrics:
+        lines += block_report(metrics["blocks"], metrics["ground_truth_swap"])
+    if "predictors" in metrics:
+        lines += ["## Predictor networks (evaluation.md Sec. 3)", "",
+                  "An MLP predicts one block's mean code from the other's. R^2 is pooled over the predicted code's "
+                  "dims on the test codes; the regeneration MSE compares Dec(z, s) with the decoding that uses the "
+                  "predicted block, against the constant predictor (the training mean). Disentangled: R^2 near 0, "
+                  "ratio near 1.", "", "| predictor | R^2 | regeneration MSE | constant predictor | ratio |",
+                  "|---|---|---|---|---|"]
+        for name, entry in metrics["predictors"].items():
+            ratio = "" if entry["ratio"] is None else f"{entry['ratio']:.3f}"
+            lines.append(f"| {name} | {entry['r2']:.3f} | {entry['regeneration_mse']:.3e} | "
+                         f"{entry['baseline_mse']:.3e} | {ratio} |")
         lines += [""]
     for title, file in figures:
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
@@ -571,6 +752,37 @@ def main(argv=None):
         suite["factor_names"], suite["factor_sizes"] = list(dataset.factor_names), list(dataset.factor_sizes)
         timings["disentanglement"] = time.time() - tick
 
+    # Specified/unspecified models on data with factors (evaluation.md Sec. 5): the suite per block, block-DCI,
+    # leakage against chance, and the swap against the real image that has the swapped factors.
+    blocks = swap_truth = swap_figure = None
+    if suite is not None and "s" in codes:
+        tick = time.time()
+        specified = [list(dataset.factor_names).index(dataset.class_label)]
+        blocks = disentanglement_metrics.specified_unspecified_metrics(
+            disentanglement_metrics.codes_representation(full), disentanglement_metrics.FactorSampler(
+                dataset.labels["factors"]), codes["s"].shape[1], specified, dataset.factor_names, seed=config.seed,
+            fast=preset, importance=suite["dci"]["importance_matrix"], progress=log)
+        timings["blocks_and_leakage"] = time.time() - tick
+        tick = time.time()
+        s_dims = codes["s"].shape[1]
+        swap_truth, swap_figure = ground_truth_swap_error(
+            model, dataset, full[:, :s_dims], full[:, s_dims:], specified, rows["test"],
+            np.random.default_rng(config.seed + 3), config.swap_pairs)
+        log(f"ground-truth swap error over {swap_truth['pairs_scored']} test pairs (coverage "
+            f"{swap_truth['coverage']:.2f}): BCE {swap_truth['swap']['bce']:.1f} nats (floor "
+            f"{swap_truth['floor']['bce']:.1f}), IoU {swap_truth['swap']['iou']:.3f} (floor "
+            f"{swap_truth['floor']['iou']:.3f})")
+        timings["ground_truth_swap"] = time.time() - tick
+
+    # Predictor networks s -> z and z -> s (evaluation.md Sec. 3), on the split of the first specified target.
+    predictors = predictor_images = None
+    if "s" in codes and config.predictors:
+        tick = time.time()
+        predictors, predictor_images = predictor_networks(
+            model, codes["s"], codes["z_mean"], tasks[SPECIFIED_TARGETS[dataset.name][0]], config,
+            np.random.default_rng(config.seed + 4), log)
+        timings["predictors"] = time.time() - tick
+
     # codes.npz: keys <name>_<split>, so that any other tool can re-score the same codes.
     arrays, start = {}, 0
     label_keys = {"mnist": ("digit",), "sprites": ("identity", "attributes", "action", "direction", "frame"),
@@ -599,6 +811,15 @@ def main(argv=None):
         figures.append(("Swap grid (s from the row image, z from the column image)", "swap_grid.png"))
         common.save_image_grid(interpolation_grid(model, grid_images[0], grid_images[1]), out / "interpolation.png")
         figures.append(("Interpolation (s down the rows, z across the columns)", "interpolation.png"))
+    if swap_figure is not None:
+        common.save_image_grid(swap_figure, out / "swap_truth.png")
+        figures.append(("Swap against the ground truth (rows: image a giving s, image b giving z, Dec(z_b, s_a), the "
+                        "real image with a's specified and b's other factors, its own reconstruction)", "swap_truth.png"))
+    if predictor_images is not None:
+        order = ["original", "s->z", "s->z constant", "z->s", "z->s constant"]
+        common.save_image_grid(np.stack([predictor_images[k][:8] for k in order]), out / "predictors.png")
+        figures.append(("Predictor networks (rows: Dec(z, s); Dec(f(s), s); Dec(mean z, s); Dec(z, g(z)); "
+                        "Dec(z, mean s))", "predictors.png"))
     shown = np.random.default_rng(config.seed + 2).choice(test, min(16, len(test) // 8 * 8), replace=False)
     common.save_image_grid(reconstruction_grid(model, dataset.images[shown].astype(np.float32) / 255.0),
                            out / "reconstructions.png")
@@ -631,6 +852,11 @@ def main(argv=None):
     if suite is not None:
         metrics["disentanglement"] = suite["disentanglement"]
         metrics["disentanglement_details"] = suite
+    if blocks is not None:
+        metrics["blocks"] = blocks
+        metrics["ground_truth_swap"] = swap_truth
+    if predictors is not None:
+        metrics["predictors"] = predictors
     common.write_json(out / "metrics.json", metrics)
     write_report(out, info, metrics, figures)
     log(f"report written to {out / 'report.md'}")

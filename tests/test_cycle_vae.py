@@ -145,6 +145,29 @@ def run_script(script, *args, cwd, env=None):
                           env=env, timeout=600)
 
 
+def test_bernoulli_swap_error_is_the_cross_entropy_of_the_swapped_decoding(tiny_mnist, monkeypatch):
+    _, dataset = tiny_mnist
+    keras.utils.set_random_seed(0)
+    model = cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16, reverse_mode="joint", reconstruction="bernoulli")
+    model.build()
+    # No posterior noise: z = z_mean, so the expected value can be computed from the networks directly.
+    monkeypatch.setattr(cycle_vae.keras.random, "normal", lambda shape, seed=None, **kw: tf.zeros(shape))
+    batch = first_batch(dataset, batch_size=8)["same"]
+    x = np.concatenate([batch["image_a"], batch["image_b"]])
+    reconstruction, _, sse, _ = model._forward_cycle(x, training=False)
+    z_mean, _, s = (np.asarray(t) for t in model.encoder(x, training=False))
+    logits = np.asarray(model.decoder([z_mean, np.concatenate([s[8:], s[:8]])], training=False), np.float64)
+    p = 1 / (1 + np.exp(-logits))
+    bce = -np.sum(x * np.log(p) + (1 - x) * np.log1p(-p), axis=(1, 2, 3))
+    np.testing.assert_allclose(float(reconstruction), 2 * 2 * bce.mean() / 784, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(sse), np.sum((p - x) ** 2, axis=(1, 2, 3)), rtol=1e-4)
+    # The script picks the Bernoulli error on the binary dSprites images only.
+    assert cycle_vae.resolve(cycle_vae.Config(dataset="dsprites")).reconstruction == "bernoulli"
+    assert cycle_vae.resolve(cycle_vae.Config(dataset="mnist")).reconstruction == "mse"
+    with pytest.raises(ValueError, match="reconstruction"):
+        cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16, reconstruction="l1")
+
+
 def test_train_resume_and_evaluate_end_to_end(tiny_mnist, tmp_path):
     root, _ = tiny_mnist
     common_args = ["--dataset", "mnist", "--data-dir", str(root), "--batch-size", "32", "--steps-per-epoch", "4",
