@@ -8,16 +8,8 @@ import pytest
 
 import data
 import eval_latents
+from test_beta_vae import tiny_dsprites  # noqa: F401 (the fixture)
 from test_cycle_vae import run_script
-from test_data import make_dsprites
-
-
-@pytest.fixture
-def tiny_dsprites(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    root = tmp_path_factory.mktemp("dsprites-data")
-    make_dsprites(root)
-    return root, data.load_dsprites(root)
 
 
 class LookupModel:
