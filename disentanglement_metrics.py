@@ -613,8 +613,10 @@ HEADLINE = {
 }
 
 
-def all_metrics(represent, factor_sampler, seed=0, fast=False, progress=print):
+def all_metrics(represent, factor_sampler, seed=0, fast=False, progress=print, names=None):
     """Run every metric (each with a fresh RandomState(seed)) and collect the results.
+
+    `names` restricts the run to some of METRICS (default all); the headline scores of the others are None.
 
     `fast=True` uses FAST_SETTINGS (for in-training checks; never mix its numbers with full-size ones), else
     STUDY_SETTINGS. `progress` gets one line per metric with its wall time (None: silent). Returns
@@ -624,15 +626,16 @@ def all_metrics(represent, factor_sampler, seed=0, fast=False, progress=print):
     settings = FAST_SETTINGS if fast else STUDY_SETTINGS
     results = {"preset": "fast" if fast else "study", "seed": seed, "num_rows": len(factor_sampler),
                "min_group_size": factor_sampler.min_group_size(), "settings": settings, "seconds": {}}
-    for name, metric in METRICS.items():
+    for name in names or METRICS:
         start = time.perf_counter()
-        results[name] = metric(represent, factor_sampler, seed=seed, **settings[name])
+        results[name] = METRICS[name](represent, factor_sampler, seed=seed, **settings[name])
         results["seconds"][name] = time.perf_counter() - start
         if progress is not None:
             shown = ", ".join(f"{key} {value:.3f}" for key, value in results[name].items()
-                              if isinstance(value, float))
+                              if isinstance(value, float) and np.isfinite(value))
             progress(f"[metrics] {name}: {results['seconds'][name]:.1f} s  {shown}")
-    results["disentanglement"] = {flat: results[metric][key] for flat, (metric, key) in HEADLINE.items()}
+    results["disentanglement"] = {flat: results[metric][key] if metric in results else None
+                                  for flat, (metric, key) in HEADLINE.items()}
     return results
 
 
@@ -646,7 +649,8 @@ NEEDS_TWO_FACTORS = ("beta_vae", "factor_vae", "modularity", "dci/disentanglemen
 LEAKAGE_SETTINGS = {"study": {"num_train": 10000, "num_test": 5000}, "fast": {"num_train": 2000, "num_test": 1000}}
 
 
-def _score(value):
+def format_score(value):
+    """A score with three decimals, or n/a for an undefined one (None)."""
     return "n/a" if value is None else f"{value:.3f}"
 
 
@@ -659,23 +663,14 @@ def block_suite(represent, sampler, seed=0, fast=False, progress=print):
     """
     if sampler.num_factors >= 2:
         return all_metrics(represent, sampler, seed=seed, fast=fast, progress=progress)
-    settings = FAST_SETTINGS if fast else STUDY_SETTINGS
-    results = {"preset": "fast" if fast else "study", "seed": seed, "num_rows": len(sampler),
-               "min_group_size": sampler.min_group_size(), "settings": settings, "seconds": {},
-               "undefined": {name: "needs two or more factors" for name in NEEDS_TWO_FACTORS}}
-    for name in ("mig", "dci", "sap", "modularity_explicitness"):
-        start = time.perf_counter()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            results[name] = METRICS[name](represent, sampler, seed=seed, **settings[name])
-        results["seconds"][name] = time.perf_counter() - start
-        if progress is not None:
-            progress(f"[metrics] {name}: {results['seconds'][name]:.1f} s")
+    with np.errstate(divide="ignore", invalid="ignore"):  # the undefined parts divide by zero; set to None below
+        results = all_metrics(represent, sampler, seed=seed, fast=fast, progress=progress,
+                              names=("mig", "dci", "sap", "modularity_explicitness"))
+    results["undefined"] = {name: "needs two or more factors" for name in NEEDS_TWO_FACTORS}
     results["dci"]["disentanglement"] = None
     results["modularity_explicitness"]["modularity_score"] = None
-    flat = {}
-    for name, (metric, key) in HEADLINE.items():
-        flat[name] = None if name in NEEDS_TWO_FACTORS or metric not in results else results[metric][key]
-    results["disentanglement"] = flat
+    for name in NEEDS_TWO_FACTORS:
+        results["disentanglement"][name] = None
     return results
 
 
@@ -804,7 +799,7 @@ def specified_unspecified_metrics(represent, sampler, s_dims, specified, factor_
                 progress(f"[leakage] {block} -> {names[k]}: LR {entry['lr']['accuracy']:.3f}, GBT "
                          f"{entry['gbt']['accuracy']:.3f} (chance {entry['chance']:.3f}; GBT on the block's true "
                          f"factors {entry['data_baseline']['gbt']['accuracy']:.3f}), MI ratio "
-                         f"{_score(entry['mi_ratio'])}")
+                         f"{format_score(entry['mi_ratio'])}")
     results["leakage"] = leakage
     results["leakage_settings"] = sizes
     results["seconds"]["leakage"] = time.perf_counter() - start

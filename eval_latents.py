@@ -142,13 +142,18 @@ def encode(model, dataset, rows, batch_size=512):
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def mlp_body():
+    """The probes' MLP body (evaluation.md Sec. 1): Dense 256, batch norm, LeakyReLU 0.2, twice."""
+    layers = []
+    for _ in range(2):
+        layers += [keras.layers.Dense(256), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+                   keras.layers.LeakyReLU(negative_slope=0.2)]
+    return layers
+
+
 def build_probe(kind, n_classes):
     if kind == "mlp":
-        layers = []
-        for _ in range(2):
-            layers += [keras.layers.Dense(256), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
-                       keras.layers.LeakyReLU(negative_slope=0.2)]
-        return keras.Sequential(layers + [keras.layers.Dense(n_classes)]), 1e-4
+        return keras.Sequential(mlp_body() + [keras.layers.Dense(n_classes)]), 1e-4
     return keras.Sequential([keras.layers.Dense(n_classes)]), 1e-3
 
 
@@ -375,22 +380,13 @@ def ground_truth_swap_error(model, dataset, s_all, z_all, specified, test_rows, 
     return summary, figure
 
 
-def build_regressor(out_dim):
-    """The probes' MLP body (evaluation.md Sec. 1) with a linear output of `out_dim` units."""
-    layers = []
-    for _ in range(2):
-        layers += [keras.layers.Dense(256), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
-                   keras.layers.LeakyReLU(negative_slope=0.2)]
-    return keras.Sequential(layers + [keras.layers.Dense(out_dim)])
-
-
 def train_predictor(x, y, split, config, seed):
     """Fit x -> y by MSE (Adam 1e-3, batch 128, early stopping on the validation part); predictions for every row."""
     train, val, _ = split
     mean, std = x[train].mean(0), x[train].std(0) + 1e-8
     x = (x - mean) / std
     keras.utils.set_random_seed(seed)
-    net = build_regressor(y.shape[1])
+    net = keras.Sequential(mlp_body() + [keras.layers.Dense(y.shape[1])])  # linear output
     net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", steps_per_execution=16)
     stop = keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=True)
     history = net.fit(x[train], y[train], batch_size=128, epochs=config.probe_epochs, verbose=0,
@@ -557,12 +553,10 @@ def probe_table(results, chance, codes):
     return "\n".join(lines)
 
 
-def _score(value, digits=3):
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def block_report(blocks, swap):
     """The report's section on the s and z blocks: suites per block, block-DCI, leakage, ground-truth swap."""
+    from disentanglement_metrics import format_score as _score
+
     s_block, z_block = blocks["blocks"]["s"], blocks["blocks"]["z"]
     lines = ["## Specified and unspecified blocks (evaluation.md Sec. 5)", "",
              f"s = code dims {s_block['code_dims'][0]}-{s_block['code_dims'][1] - 1} against "
@@ -758,13 +752,13 @@ def main(argv=None):
     if suite is not None and "s" in codes:
         tick = time.time()
         specified = [list(dataset.factor_names).index(dataset.class_label)]
+        s_dims = codes["s"].shape[1]
         blocks = disentanglement_metrics.specified_unspecified_metrics(
             disentanglement_metrics.codes_representation(full), disentanglement_metrics.FactorSampler(
-                dataset.labels["factors"]), codes["s"].shape[1], specified, dataset.factor_names, seed=config.seed,
+                dataset.labels["factors"]), s_dims, specified, dataset.factor_names, seed=config.seed,
             fast=preset, importance=suite["dci"]["importance_matrix"], progress=log)
         timings["blocks_and_leakage"] = time.time() - tick
         tick = time.time()
-        s_dims = codes["s"].shape[1]
         swap_truth, swap_figure = ground_truth_swap_error(
             model, dataset, full[:, :s_dims], full[:, s_dims:], specified, rows["test"],
             np.random.default_rng(config.seed + 3), config.swap_pairs)
