@@ -345,7 +345,7 @@ def test_dci_parallel_equals_serial(small_factors):
     sampler = dm.FactorSampler(small_factors[:, :3])
     represent = duplicated(small_factors[:, :3])  # ties between the copies: the case where seeding matters
     serial = dm.dci(represent, sampler, num_train=200, num_test=100, n_jobs=1)
-    threads = dm.dci(represent, sampler, num_train=200, num_test=100, n_jobs=2)
+    threads = dm.dci(represent, sampler, num_train=200, num_test=100, n_jobs=2, backend="threading")
     processes = dm.dci(represent, sampler, num_train=200, num_test=100, n_jobs=2, backend="loky")
     assert serial == threads == processes
 
