@@ -33,7 +33,7 @@ the data's conditional distribution given factor k = v.
 
 Known differences from the 2019 numbers (all intended, see the docstrings): current sklearn defaults (lbfgs
 multinomial LogisticRegression where 2019 sklearn used liblinear one-vs-rest; LinearSVC dual="auto"); seeded
-GBT trees in DCI; the true active-dimension count in the FactorVAE score; guards where the library divides by
+GBT trees in DCI (grown by boosted_trees.py, which reproduces sklearn's GradientBoostingClassifier tree for tree); the true active-dimension count in the FactorVAE score; guards where the library divides by
 zero. Scores depend on the sklearn version, so record it with every result.
 
 Parity: benchmarks/metrics_parity.py runs disentanglement_lib's own metric functions (on the same NumPy,
