@@ -24,7 +24,8 @@ algorithm, split by split, as scikit-learn 1.9 (`sklearn/ensemble/_gb.py`, `skle
 The only difference is where the time goes. sklearn re-sorts every feature at every node of every tree (4,300
 trees of 7 nodes for a factor of 16 values alone); here each feature is sorted once per data set, and a node
 hands its children their sorted orders by a stable partition, so one tree costs a few vectorised passes over
-the (features x samples) index array: 7-9.5 ms per tree on 10,000 rows of 10 dims against sklearn's 30 ms.
+the (features x samples) index array: 8-10 ms per tree on 10,000 rows of 10 dims against sklearn's 27-29 ms
+(benchmarks/boosted_trees_speed.py).
 
 Floating point follows sklearn too, because near-ties between candidates (two features that isolate the same
 samples, say) are decided by the last bits: sums are accumulated one sample at a time in sklearn's order (a
@@ -225,7 +226,6 @@ class GradientBoostedTrees:
         root_values = np.take_along_axis(xt, root_order, axis=1)
         self._root = (root_order, root_values, _candidates(root_values))
         self._scratch = np.zeros(num_samples, dtype=bool)
-        self._buffers = [np.empty(num_features * num_samples) for _ in range(4)]
         random_state = sklearn_utils.check_random_state(self.random_state)  # None: NumPy's global RandomState
 
         self.trees_ = []
@@ -251,12 +251,8 @@ class GradientBoostedTrees:
             self.feature_importances_ = mean_importance / np.sum(mean_importance)
         else:
             self.feature_importances_ = np.zeros(num_features)
-        del self._root, self._scratch, self._buffers
+        del self._root, self._scratch
         return self
-
-    def _work(self, index, shape):
-        """A C-contiguous float64 array of `shape` on buffer `index` (valid until the buffer is reused)."""
-        return self._buffers[index][:shape[0] * shape[1]].reshape(shape)
 
     def _grow_tree(self, target, seed):
         """One regression tree on `target`, grown as sklearn's DepthFirstTreeBuilder + BestSplitter would."""
@@ -349,14 +345,12 @@ class GradientBoostedTrees:
         # Candidate p (1 <= p < m) puts the first p sorted samples on the left; the criterion adds them one at a
         # time (criterion.update), i.e. a cumulative sum, and takes the right sum as total - left. The proxy is
         # computed for every feature (constant ones have no candidates) with sklearn's operations in its order.
-        # Work arrays are views of buffers kept for the whole fit (fresh 800 kB arrays per node cost page faults).
-        num_features = len(order)
-        sorted_targets = np.take(target, order, out=self._work(0, (num_features, size)))
-        left_sums = np.cumsum(sorted_targets[:, :-1], axis=1, out=self._work(1, (num_features, size - 1)))
+        sorted_targets = target[order]
+        left_sums = np.cumsum(sorted_targets[:, :-1], axis=1)
         _walk_back_where_shorter(left_sums, sorted_targets, is_candidate, node_sum)
-        right_sums = np.subtract(node_sum, left_sums, out=self._work(2, (num_features, size - 1)))
+        right_sums = node_sum - left_sums
         left_sizes = np.arange(1, size, dtype=np.float64)
-        proxy = np.multiply(left_sums, left_sums, out=self._work(3, (num_features, size - 1)))
+        proxy = left_sums * left_sums
         proxy /= left_sizes
         right_sums *= right_sums
         right_sums /= size - left_sizes

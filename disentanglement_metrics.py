@@ -33,8 +33,9 @@ the data's conditional distribution given factor k = v.
 
 Known differences from the 2019 numbers (all intended, see the docstrings): current sklearn defaults (lbfgs
 multinomial LogisticRegression where 2019 sklearn used liblinear one-vs-rest; LinearSVC dual="auto"); seeded
-GBT trees in DCI (grown by boosted_trees.py, which reproduces sklearn's GradientBoostingClassifier tree for tree); the true active-dimension count in the FactorVAE score; guards where the library divides by
-zero. Scores depend on the sklearn version, so record it with every result.
+GBT trees in DCI (grown by boosted_trees.py, which reproduces sklearn's GradientBoostingClassifier tree for
+tree); the true active-dimension count in the FactorVAE score; guards where the library divides by zero.
+Scores depend on the sklearn version, so record it with every result.
 
 Parity: benchmarks/metrics_parity.py runs disentanglement_lib's own metric functions (on the same NumPy,
 SciPy and scikit-learn, loaded from its unpacked source) beside these at the study sizes. On three 10-dim
@@ -345,8 +346,9 @@ def _fit_factor_gbt(train_codes, train_factor, test_codes, test_factor, tree_see
     """One factor's GradientBoostingClassifier (sklearn defaults): |importances|, train and test accuracy.
 
     By default the model is `boosted_trees.GradientBoostedTrees`, which grows the same trees as sklearn's
-    GradientBoostingClassifier (same splits, tie-breaking and random feature order; bit-identical importances
-    and predictions where no two candidate splits tie to the last bit, see its docstring) about 4x faster.
+    GradientBoostingClassifier (same splits, tie-breaking, random feature order and floating-point sums:
+    bit-identical importances and predictions unless the codes have tied values that are not repeated rows, see
+    its docstring) about 3x faster per tree (benchmarks/boosted_trees_speed.py).
     `sklearn_trees=True` fits sklearn's own class instead.
     """
     if sklearn_trees:
@@ -364,8 +366,8 @@ def dci_importance(train_codes, train_factors, test_codes, test_factors, tree_se
     """(D, K) importance matrix of gradient-boosted trees, and the train and test accuracy per factor.
 
     The K classifiers are independent, so they are fitted in parallel by `n_jobs` workers: processes (joblib's
-    loky) for `boosted_trees`, whose many short NumPy calls would contend for the GIL in threads (45 s in
-    threads, 20 s in two processes for the study-size DCI on linear_mix), threads for sklearn's trees, whose
+    loky) for `boosted_trees`, whose many short NumPy calls would contend for the GIL in threads (32.2 s in
+    threads, 24.4 s in two processes for the study-size DCI on linear_mix), threads for sklearn's trees, whose
     builder runs without the GIL. `backend` overrides the choice. Factors with more classes (more trees) are
     dispatched first, which balances the workers on dSprites-like factor sizes.
 
