@@ -195,3 +195,15 @@ def test_short_real_run_lowers_the_loss(monkeypatch):
     history = model.fit(train, epochs=2, steps_per_epoch=60, verbose=0)
     losses = history.history["loss"]
     assert losses[1] < 0.5 * losses[0], losses
+
+
+def test_learning_rate_defaults_per_objective():
+    # The capacity objective collapses the encoder at Burgess et al.'s 5e-4 (module docstring), so it defaults to 1e-4.
+    def resolved(*argv):
+        return beta_vae.resolve(common.parse_config(beta_vae.Config, list(argv))).learning_rate
+
+    assert resolved() == 5e-4
+    assert resolved("--objective", "capacity") == 1e-4
+    assert resolved("--objective", "capacity", "--learning-rate", "3e-4") == 3e-4
+    with pytest.raises(ValueError, match="--learning-rate"):
+        resolved("--learning-rate=-1e-4")
