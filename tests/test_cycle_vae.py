@@ -80,6 +80,20 @@ def test_reverse_cycle_only_updates_the_encoder(tiny_mnist):
     assert all(np.array_equal(b, a.numpy()) for b, a in zip(decoder_before, model.decoder.trainable_variables))
 
 
+@pytest.mark.parametrize("reverse_loss", ["l1", "l2"])
+def test_reverse_distance_on_known_means(reverse_loss):
+    model = cycle_vae.CycleVAE((28, 28, 1), "mnist", 2, 2, reverse_loss=reverse_loss)
+    first = np.array([[0.0, 1.0], [2.0, -1.0]], np.float32)
+    second = np.array([[1.0, 1.0], [-1.0, 1.0]], np.float32)  # differences 1, 0 / 3, 2
+    prior = np.array([[0.0, 1.0], [2.0, -1.0]], np.float32)  # recovered exactly by the first half
+    reverse, recovery = model._reverse_cycle(np.concatenate([first, second]), prior)
+    expected = {"l1": (1 + 0 + 3 + 2) / 4, "l2": (1 + 0 + 9 + 4) / 4}[reverse_loss]
+    np.testing.assert_allclose(float(reverse), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(recovery), (1 + 0 + 3 + 2) / 8, rtol=1e-6)
+    with pytest.raises(ValueError, match="reverse_loss"):
+        cycle_vae.CycleVAE((28, 28, 1), "mnist", 2, 2, reverse_loss="huber")
+
+
 def test_reverse_cycle_pairs_differ_in_class(tiny_mnist):
     _, dataset = tiny_mnist
     config = cycle_vae.Config(batch_size=32)
@@ -227,6 +241,14 @@ def test_cli_rejects_bad_flags(tmp_path):
     assert result.returncode == 2 and "--dataset" in result.stderr and "invalid choice" in result.stderr
     result = run_script("cycle_vae.py", "--reverse-mode", "both", cwd=tmp_path)
     assert result.returncode == 2 and "--reverse-mode" in result.stderr
+
+
+@pytest.mark.parametrize("flags, named", [(["--adam-epsilon", "0"], "--adam-epsilon"),
+                                          (["--kl-weight", "-1"], "--kl-weight")])
+def test_config_rejects_values_out_of_range(flags, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        common.parse_config(cycle_vae.Config, flags)
+    assert exit_info.value.code == 2 and named in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not here")
