@@ -16,15 +16,15 @@ run continues the capacity schedule where it stopped (it is part of the checkpoi
 
 Defaults: beta = 4 (Higgins et al. 2017, dSprites; measured after 50 epochs on our dSprites subset, README: beta 4
 gives MIG 0.234 with position, scale and orientation mixed over four latents, beta 16 gives MIG 0.394 with x, y and
-scale on three separate latents but no latent for shape or orientation); gamma = 1000, C_max = 25 nats, T = 100,000 steps, batch 64
-(Burgess et al. 2018, Appendix A). Adam 5e-4 for the beta objective (Burgess et al.'s rate), but 1e-4 for the
-capacity objective, the rate at which Locatello et al. 2019 (disentanglement_lib) trained this objective with the
-same gamma, C_max and T. Where we differ from Burgess et al.: at 5e-4 the capacity objective killed our encoder.
-While C is still near 0, gamma * KL acts like beta = 1000, and every Adam step moves each encoder weight by about
-the learning rate towards a constant code. At 5e-4 the code became input-independent within the first ~1,000
-steps and never recovered: the reconstruction stayed at the mean image's ~566 nats while the KL followed C up to
-23 nats with no information in it (after 2,400 steps the encoder's last hidden layer varied by 7e-4 across test
-images, against 4e-2 at 1e-4). Measured with `--objective capacity --epochs 6 --steps-per-epoch 400
+scale on three separate latents but no latent for shape or orientation); gamma = 1000, C_max = 25 nats, T = 100,000
+steps, batch 64 (Burgess et al. 2018, Appendix A). Adam 5e-4 for the beta objective (Burgess et al.'s rate), but
+1e-4 for the capacity objective, the rate at which Locatello et al. 2019 (disentanglement_lib) trained this
+objective with the same gamma, C_max and T. Where we differ from Burgess et al.: at 5e-4 the capacity objective
+killed our encoder. While C is still near 0, gamma * KL acts like beta = 1000, and every Adam step moves each
+encoder weight by about the learning rate towards a constant code. At 5e-4 the code became input-independent within
+the first ~1,000 steps and never recovered: the reconstruction stayed at the mean image's ~566 nats while the KL
+followed C up to 23 nats with no information in it (after 2,400 steps the encoder's last hidden layer varied by 7e-4
+across test images, against 4e-2 at 1e-4). Measured with `--objective capacity --epochs 6 --steps-per-epoch 400
 --capacity-steps 2400`, with gamma 1000 and with gamma 100, and in 12 epochs with T = 50,000. At 1e-4 the
 reconstruction falls as soon as C allows it (481 nats at C = 0.75 with the default T, 389 at C = 23 with T = 2,400).
 Architectures (models.md Sec. 5):
@@ -264,11 +264,8 @@ def resolve(config):
         config.steps_per_epoch = config.steps_per_epoch or 150
     config.epochs = config.epochs or EPOCHS[config.dataset]
     config.learning_rate = config.learning_rate or LEARNING_RATE[config.objective]
-    for name in ("z_dim", "batch_size", "epochs", "capacity_steps"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}.")
-    if config.beta < 0 or config.gamma < 0 or config.capacity_max < 0 or config.learning_rate < 0:
-        raise ValueError("--beta, --gamma, --capacity-max and --learning-rate must not be negative.")
+    common.check_ranges(config, at_least_one=("z_dim", "batch_size", "epochs", "capacity_steps"),
+                        non_negative=("beta", "gamma", "capacity_max", "learning_rate"))
     return config
 
 

@@ -144,6 +144,16 @@ def parse_config(config_cls, argv=None, description=None):
         parser.error(str(error))  # Checks in a config's __post_init__ get argparse's message and exit code.
 
 
+def check_ranges(config, at_least_one=(), positive=(), non_negative=()):
+    """Raise a ValueError naming the first of these config fields (as its --flag) that is out of its range."""
+    bounds = ([(name, lambda v: v >= 1, "must be at least 1") for name in at_least_one]
+              + [(name, lambda v: v > 0, "must be positive") for name in positive]
+              + [(name, lambda v: v >= 0, "must not be negative") for name in non_negative])
+    for name, holds, rule in bounds:
+        if not holds(getattr(config, name)):
+            raise ValueError(f"--{name.replace('_', '-')} {rule}, got {getattr(config, name)}.")
+
+
 def config_to_dict(config):
     """The config as a plain dict, ready for JSON."""
     return dataclasses.asdict(config)

@@ -44,8 +44,8 @@ How the two cycles are combined (--reverse-mode):
   Two further knobs, also measured there and left at the paper's / reference's values because neither lowered
   the leakage: --reverse-loss l2 (a squared distance, whose pull fades as the two means agree, where L1's does
   not) and --adam-epsilon (1e-6 instead of 1e-8, so that weights whose gradients are near or below 1e-6, as on
-  the heads of z dimensions that carry nothing, take smaller than unit-size steps). All four combinations gave z mean 78-80 % and
-  z sampled 17-19 % (README).
+  the heads of z dimensions that carry nothing, take smaller than unit-size steps). All four combinations gave
+  z mean 78-80 % and z sampled 17-19 % (README).
 
 Where we deliberately differ from the reference code (ananyahjha93/cycle-consistent-vae):
   - reverse-cycle pairs always differ in class (the reference draws two independent batches, ~10 % same
@@ -99,12 +99,8 @@ class Config(common.RunConfig):
     evaluate: bool = True  # Run eval_latents.py on the trained model at the end.
 
     def __post_init__(self):
-        if self.adam_epsilon <= 0:
-            raise ValueError(f"--adam-epsilon must be positive, got {self.adam_epsilon}.")
-        weights = ("learning_rate", "reconstruction_weight", "kl_weight", "reverse_weight")
-        if any(getattr(self, name) < 0 for name in weights):
-            raise ValueError("--learning-rate, --reconstruction-weight, --kl-weight and --reverse-weight must not be "
-                             "negative.")
+        common.check_ranges(self, positive=("adam_epsilon",), non_negative=(
+            "learning_rate", "reconstruction_weight", "kl_weight", "reverse_weight"))
 
 
 DEFAULTS = {  # dataset -> (z_dim, s_dim, epochs)

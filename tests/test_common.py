@@ -7,6 +7,7 @@ import pathlib
 import re
 import sys
 import textwrap
+import types
 import typing
 
 import keras
@@ -510,3 +511,14 @@ def test_benchmark_training_times_steps_and_prints_one_line(capsys):
     assert int(model.optimizer.iterations.numpy()) == 7  # More steps than the 2 batches: the dataset repeated.
     output = capsys.readouterr().out
     assert re.fullmatch(r"benchmark: \d+\.\d{2} ms/iter, \d+ images/s\n", output)
+
+
+def test_check_ranges_names_the_first_flag_out_of_range():
+    config = types.SimpleNamespace(epochs=0, z_dim=4, beta=-1.0, adam_epsilon=0.0, rate=0.5)
+    common.check_ranges(config, at_least_one=("z_dim",), positive=("rate",), non_negative=("rate",))  # all hold
+    with pytest.raises(ValueError, match=r"^--epochs must be at least 1, got 0\.$"):
+        common.check_ranges(config, at_least_one=("z_dim", "epochs"))
+    with pytest.raises(ValueError, match=r"^--adam-epsilon must be positive, got 0\.0\.$"):
+        common.check_ranges(config, positive=("adam_epsilon",))
+    with pytest.raises(ValueError, match=r"^--beta must not be negative, got -1\.0\.$"):
+        common.check_ranges(config, non_negative=("rate", "beta"))
