@@ -319,7 +319,9 @@ def main(argv=None):
           f"({config.epochs} epochs x {steps} steps, precision {precision})", flush=True)
     started = time.time()
     try:
-        model.fit(train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch or None,
+        # shuffle=False: the tf.data pipeline already shuffles; fit() ignores shuffle on a Dataset, but
+        # its default shuffle=True made Keras print a warning at the start of every run.
+        model.fit(train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch or None, shuffle=False,
                   callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
     except common.TrainingDiverged as error:
         sys.exit(f"error: {error}")
