@@ -138,11 +138,12 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_dsprite
     model = make_model()
     callbacks = common.training_callbacks(tmp_path, monitor_nan=True)
     good = data.images(dataset, "train", 16, drop_remainder=True).take(3)
-    model.fit(good, epochs=1, callbacks=callbacks, verbose=0)
+    model.fit(good, epochs=1, callbacks=callbacks, shuffle=False, verbose=0)
     saved = [v.numpy().copy() for v in keras.saving.load_model(tmp_path / "model.keras", compile=False).trainable_variables]
     poisoned = good.map(lambda batch: {**batch, "image": batch["image"] * np.float32("nan")})
     with pytest.raises(common.TrainingDiverged, match="last good checkpoint is kept"):
-        model.fit(poisoned, epochs=2, initial_epoch=1, callbacks=common.training_callbacks(tmp_path), verbose=0)
+        model.fit(poisoned, epochs=2, initial_epoch=1, callbacks=common.training_callbacks(tmp_path), shuffle=False,
+                  verbose=0)
     kept = keras.saving.load_model(tmp_path / "model.keras", compile=False).trainable_variables
     assert all(np.array_equal(a, b.numpy()) and np.all(np.isfinite(a)) for a, b in zip(saved, kept))
 
@@ -192,7 +193,7 @@ def test_short_real_run_lowers_the_loss(monkeypatch):
     dataset = data.load_dsprites(SHARED)
     model = make_model()
     train = data.images(dataset, "train", 64, shuffle=True, drop_remainder=True)
-    history = model.fit(train, epochs=2, steps_per_epoch=60, verbose=0)
+    history = model.fit(train, epochs=2, steps_per_epoch=60, shuffle=False, verbose=0)
     losses = history.history["loss"]
     assert losses[1] < 0.5 * losses[0], losses
 

@@ -1,0 +1,67 @@
+"""Tests of benchmarks/seed_study.py: the per-seed table and its mean, std and median, and its errors."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location(
+    "seed_study", pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "seed_study.py")
+seed_study = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(seed_study)
+
+
+def write_metrics(out, seed, scores):
+    path = seed_study.metrics_path(out, seed)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"disentanglement": scores}))
+
+
+def test_summary_gives_per_seed_rows_mean_std_and_median(tmp_path):
+    out = tmp_path / "study"
+    for seed, (mig, factor) in enumerate([(0.394, 0.60), (0.10, 0.70), (0.30, 0.65)]):
+        write_metrics(out, seed, {"mig": mig, "factor_vae": factor, "sap": None})
+    text, summary = seed_study.summarise(out, [0, 1, 2])
+    assert summary["n"] == 3 and summary["missing_seeds"] == []
+    assert summary["median"] == {"factor_vae": 0.65, "mig": 0.30}  # sap is None in every seed: left out
+    assert summary["mean"]["mig"] == pytest.approx((0.394 + 0.10 + 0.30) / 3)
+    assert summary["std_ddof1"]["factor_vae"] == pytest.approx(0.05)  # ddof 1: sqrt((0.05**2 + 0.05**2) / 2)
+    assert "median of 3 of 3 seeds" in text
+    assert "| **median** | **0.650** | **0.300** |" in text  # columns in SHOWN order: factor_vae before mig
+
+
+def test_summary_of_a_partial_study_names_the_missing_seeds(tmp_path):
+    out = tmp_path / "study"
+    write_metrics(out, 1, {"mig": 0.2})
+    text, summary = seed_study.summarise(out, [0, 1, 2])
+    assert summary["n"] == 1 and summary["missing_seeds"] == [0, 2]
+    assert summary["std_ddof1"]["mig"] is None
+    assert "median of 1 of 3 seeds (not yet evaluated: 0, 2)" in text
+
+
+def test_summary_without_any_evaluated_seed_says_what_to_run(tmp_path):
+    with pytest.raises(SystemExit, match="no seed of .* has been evaluated yet"):
+        seed_study.summarise(tmp_path / "study", [0, 1, 2])
+
+
+def test_training_command_may_not_set_the_seed_itself(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        seed_study.main(["--out", str(tmp_path / "study"), "--", "beta_vae.py", "--seed", "3"])
+    assert exit_info.value.code == 2
+    assert "leave --seed, --out and --resume out" in capsys.readouterr().err
+
+
+def test_study_resumes_a_seed_with_a_run_folder_and_skips_an_evaluated_one(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    write_metrics(out, 0, {"mig": 0.3})
+    (seed_study.run_dir(out, 1)).mkdir()
+    (seed_study.run_dir(out, 1) / "config.json").write_text("{}")
+    commands = []
+    monkeypatch.setattr(seed_study, "run", commands.append)
+    for seed in (0, 1, 2):
+        seed_study.train_and_evaluate(out, seed, ["beta_vae.py", "--epochs", "2"], ["--quick"])
+    trainings = [command for command in commands if "beta_vae.py" in command]
+    assert [command[command.index("--seed") + 1] for command in trainings] == ["1", "2"]
+    assert trainings[0][-1] == "--resume" and "--resume" not in trainings[1]
+    assert sum(str(seed_study.EVAL_SCRIPT) in command for command in commands) == 2
