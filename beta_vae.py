@@ -281,10 +281,10 @@ def main(argv=None):
         config = resolve(common.parse_config(Config, argv, description=__doc__))
     except ValueError as error:
         sys.exit(f"error: {error}")
-    # No common.set_cpu_threads() here: it runs each op on one thread so that the cycle-VAE's two cycles run side
-    # by side, but this model is one chain of ops, which then used one core. TensorFlow's default (ops split
-    # across the cores) was faster for it: 50.3-76.2 ms/iter (mean 64.2) against 72.6-79.1 ms (mean 76.1) for
-    # the conv net in five alternating `--benchmark` pairs on the 2-core CPU.
+    # TensorFlow's default threads (ops split across the cores), not one_thread_per_op: this model is one chain
+    # of ops, which then used one core. The default was faster for it: 50.3-76.2 ms/iter (mean 64.2) against
+    # 72.6-79.1 ms (mean 76.1) for the conv net in five alternating `--benchmark` pairs on the 2-core CPU.
+    common.configure_cpu(one_thread_per_op=False)
     precision = common.set_precision(config.precision)
     common.set_seed(config.seed)
     try:

@@ -197,21 +197,37 @@ def set_precision(name):
     return name
 
 
-def set_cpu_threads():
-    """On a CPU-only machine, run each op on one thread and independent ops side by side.
+def configure_cpu(one_thread_per_op=False):
+    """Set up TensorFlow's CPU runtime for these small networks; call it before TensorFlow runs its first op.
 
-    The models here are small convolutional networks whose ops do not split well across cores: measured on
-    two cores, one intra-op thread and as many inter-op threads as cores makes a cycle-VAE MNIST step about
-    15 % faster than TensorFlow's default (both cycles' branches then run in parallel). It must run before
-    TensorFlow executes its first op; later calls, and machines with a GPU, are left alone.
+    Memory: TensorFlow's BFC allocator (TF_CPU_ALLOCATOR_USE_BFC) keeps freed tensor memory in its own pool.
+    TensorFlow's default CPU allocator hands every large buffer back to the operating system and asks for it
+    again in the next step, which costs a page fault per 4 KiB page: on a 2-core AMD EPYC (AVX2) virtual
+    machine that was over a third of the step's CPU time (kernel time 18.9 of about 45 CPU-seconds in a cycle-VAE
+    `--benchmark`, 7.7 with the BFC allocator). Medians of three alternating rounds there, 2026-12-03
+    (benchmarks/cpu_runtime.py): cycle-VAE MNIST 192.6 -> 115.2 ms/iter, beta-VAE dSprites conv 215.3 -> 141.5.
+
+    Threads: with one_thread_per_op, each op runs on one thread and independent ops (the cycle-VAE's two
+    cycles) run side by side. That made the cycle-VAE MNIST step about 15 % faster than TensorFlow's default
+    on the 2-core Intel (AVX-512) machine of the README's speed table (and 28 against 40 ms for two intra-op
+    threads), but slower on the AMD machine above (median 115.2 against 77.5 ms with two threads per op, both with
+    the BFC allocator), so it depends on the CPU; it was only ever measured on 2-core machines. TensorFlow's own
+    variables TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS override the choice: when either is set, the
+    thread counts are left to them (e.g. both 2 for two threads per op on two cores).
+
+    Values the user has set in the environment are kept. Later calls (tests, notebooks, where TensorFlow is
+    already running) and machines with a GPU keep their threads.
     """
-    if tf.config.list_physical_devices("GPU"):
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    if not one_thread_per_op or tf.config.list_physical_devices("GPU"):
+        return
+    if os.environ.get("TF_NUM_INTRAOP_THREADS") or os.environ.get("TF_NUM_INTEROP_THREADS"):
         return
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
     except RuntimeError:
-        pass  # TensorFlow is already running (tests, notebooks): keep its settings.
+        pass  # TensorFlow is already running: keep its settings.
 
 
 def set_seed(seed):

@@ -369,7 +369,7 @@ def resolve(config):
 
 def main(argv=None):
     config = resolve(common.parse_config(Config, argv, description=__doc__))
-    common.set_cpu_threads()
+    common.configure_cpu(one_thread_per_op=True)  # before the first op: see its docstring
     precision = common.set_precision(config.precision)
     common.set_seed(config.seed)
     try:

@@ -647,6 +647,7 @@ def write_report(out, info, metrics, figures):
 
 def main(argv=None):
     config = common.parse_config(EvalConfig, argv, description=__doc__)
+    common.configure_cpu()  # the pooled CPU allocator, for the probes' training (see its docstring)
     if config.codes:
         # Given codes: only the disentanglement metric suite (disentanglement_metrics.score_codes_file).
         import disentanglement_metrics

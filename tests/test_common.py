@@ -3,8 +3,10 @@
 import csv
 import dataclasses
 import json
+import os
 import pathlib
 import re
+import subprocess
 import sys
 import textwrap
 import types
@@ -522,3 +524,31 @@ def test_check_ranges_names_the_first_flag_out_of_range():
         common.check_ranges(config, positive=("adam_epsilon",))
     with pytest.raises(ValueError, match=r"^--beta must not be negative, got -1\.0\.$"):
         common.check_ranges(config, non_negative=("rate", "beta"))
+
+
+CPU_PROBE = textwrap.dedent("""
+    import tensorflow as tf
+    import common
+    common.configure_cpu(one_thread_per_op=True)
+    tf.matmul(tf.ones([64, 64]), tf.ones([64, 64]))
+    try:  # only TensorFlow's BFC allocator keeps statistics
+        tf.config.experimental.get_memory_info("CPU:0")
+        pooled = True
+    except ValueError:
+        pooled = False
+    print(pooled, tf.config.threading.get_intra_op_parallelism_threads())
+""")
+
+
+@pytest.mark.parametrize("user_settings, expected", [
+    ({}, "True 1"),  # the pooled allocator and one thread per op
+    ({"TF_CPU_ALLOCATOR_USE_BFC": "false", "TF_NUM_INTRAOP_THREADS": "2"}, "False 0"),  # the user's choice is kept
+])
+def test_configure_cpu_pools_memory_and_sets_threads_unless_the_user_did(user_settings, expected):
+    # A fresh process: TensorFlow picks its allocator and threads once. Settings of this process are dropped.
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith(("TF_CPU_ALLOCATOR", "TF_NUM_"))} | {"CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", CPU_PROBE], cwd=pathlib.Path(common.__file__).parent,
+                            env=environment | user_settings, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == expected
