@@ -58,18 +58,22 @@ def train_and_evaluate(out, seed, train_command, eval_args):
 
 def summarise(out, seeds):
     """Per-seed headline scores and their median over the evaluated seeds, as Markdown and as a dict."""
-    rows = {}
+    rows, presets = {}, {}
     for seed in seeds:
         path = metrics_path(out, seed)
         if path.exists():
-            scores = json.loads(path.read_text()).get("disentanglement")
-            if not scores:
+            metrics = json.loads(path.read_text())
+            if not metrics.get("disentanglement"):
                 sys.exit(f"error: {path} has no metric-suite scores ('disentanglement'); it was evaluated without "
                          "them (e.g. on a dataset without ground-truth factors). Evaluate a dSprites run.")
-            rows[seed] = scores
+            rows[seed] = metrics["disentanglement"]
+            presets[seed] = metrics.get("disentanglement_details", {}).get("preset", "unknown")
     if not rows:
         sys.exit(f"error: no seed of {out} has been evaluated yet (no {metrics_path(out, seeds[0])}); run the study "
                  "without --summary-only first.")
+    if len(set(presets.values())) > 1:  # evaluation.md Sec. 6: never mix fast-preset and study-size numbers
+        sys.exit(f"error: the seeds were scored with different metric presets ({presets}); evaluate them all with the "
+                 "same eval_latents.py flags (delete the odd ones' eval/ folders and rerun the study).")
     names = [name for name in SHOWN if any(rows[seed].get(name) is not None for seed in rows)]
     median, mean, std = {}, {}, {}
     for name in names:
@@ -77,7 +81,7 @@ def summarise(out, seeds):
         median[name], mean[name] = statistics.median(values), statistics.fmean(values)
         std[name] = statistics.stdev(values) if len(values) > 1 else None
     missing = [seed for seed in seeds if seed not in rows]
-    title = f"{out}: median of {len(rows)} of {len(seeds)} seeds" + (
+    title = f"{out}: median of {len(rows)} of {len(seeds)} seeds, {next(iter(presets.values()))} metric preset" + (
         f" (not yet evaluated: {', '.join(map(str, missing))})" if missing else "")
     lines = [title, "", "| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for seed, scores in rows.items():
@@ -85,8 +89,8 @@ def summarise(out, seeds):
     lines.append("| mean +- std | " + " | ".join(
         f"{mean[name]:.3f}" + (f" +- {std[name]:.3f}" if std[name] is not None else "") for name in names) + " |")
     lines.append("| **median** | " + " | ".join(f"**{median[name]:.3f}**" for name in names) + " |")
-    summary = {"seeds": {str(seed): rows[seed] for seed in rows}, "median": median, "mean": mean, "std_ddof1": std,
-               "n": len(rows), "missing_seeds": missing}
+    summary = {"seeds": {str(seed): rows[seed] for seed in rows}, "preset": next(iter(presets.values())),
+               "median": median, "mean": mean, "std_ddof1": std, "n": len(rows), "missing_seeds": missing}
     return "\n".join(lines) + "\n", summary
 
 

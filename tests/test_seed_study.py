@@ -12,10 +12,10 @@ seed_study = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(seed_study)
 
 
-def write_metrics(out, seed, scores):
+def write_metrics(out, seed, scores, preset="study"):
     path = seed_study.metrics_path(out, seed)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"disentanglement": scores}))
+    path.write_text(json.dumps({"disentanglement": scores, "disentanglement_details": {"preset": preset}}))
 
 
 def test_summary_gives_per_seed_rows_mean_std_and_median(tmp_path):
@@ -27,7 +27,7 @@ def test_summary_gives_per_seed_rows_mean_std_and_median(tmp_path):
     assert summary["median"] == {"factor_vae": 0.65, "mig": 0.30}  # sap is None in every seed: left out
     assert summary["mean"]["mig"] == pytest.approx((0.394 + 0.10 + 0.30) / 3)
     assert summary["std_ddof1"]["factor_vae"] == pytest.approx(0.05)  # ddof 1: sqrt((0.05**2 + 0.05**2) / 2)
-    assert "median of 3 of 3 seeds" in text
+    assert "median of 3 of 3 seeds, study metric preset" in text and summary["preset"] == "study"
     assert "| **median** | **0.650** | **0.300** |" in text  # columns in SHOWN order: factor_vae before mig
 
 
@@ -37,7 +37,15 @@ def test_summary_of_a_partial_study_names_the_missing_seeds(tmp_path):
     text, summary = seed_study.summarise(out, [0, 1, 2])
     assert summary["n"] == 1 and summary["missing_seeds"] == [0, 2]
     assert summary["std_ddof1"]["mig"] is None
-    assert "median of 1 of 3 seeds (not yet evaluated: 0, 2)" in text
+    assert "median of 1 of 3 seeds, study metric preset (not yet evaluated: 0, 2)" in text
+
+
+def test_summary_refuses_to_mix_metric_presets(tmp_path):
+    out = tmp_path / "study"
+    write_metrics(out, 0, {"mig": 0.2}, preset="study")
+    write_metrics(out, 1, {"mig": 0.3}, preset="fast")
+    with pytest.raises(SystemExit, match="different metric presets"):
+        seed_study.summarise(out, [0, 1])
 
 
 def test_summary_without_any_evaluated_seed_says_what_to_run(tmp_path):
