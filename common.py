@@ -727,5 +727,20 @@ def benchmark_training(model, dataset, images_per_step, warmup=20, steps=100):
         "steps": steps,
         "warmup": warmup,
     }
+    result["runtime"] = runtime_settings()
     print(f"benchmark: {result['ms_per_iter']:.2f} ms/iter, {result['images_per_s']:.0f} images/s")
+    print("benchmark runtime: " + ", ".join(f"{key} {value}" for key, value in result["runtime"].items()))
     return result
+
+
+def runtime_settings():
+    """What decides a CPU step's speed besides the model (configure_cpu): devices, allocator, thread counts."""
+    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+    # A thread count of 0 is TensorFlow's own choice (TF_NUM_*_THREADS if set, else from the core count).
+    return {"gpus": len(gpus), "cpu_cores": os.cpu_count(),
+            "cpu_allocator": "bfc" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
+            else "default",
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()
+            or os.environ.get("TF_NUM_INTRAOP_THREADS", 0),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()
+            or os.environ.get("TF_NUM_INTEROP_THREADS", 0)}

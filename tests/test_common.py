@@ -512,7 +512,9 @@ def test_benchmark_training_times_steps_and_prints_one_line(capsys):
     assert result["steps"] == 5 and result["warmup"] == 2
     assert int(model.optimizer.iterations.numpy()) == 7  # More steps than the 2 batches: the dataset repeated.
     output = capsys.readouterr().out
-    assert re.fullmatch(r"benchmark: \d+\.\d{2} ms/iter, \d+ images/s\n", output)
+    assert re.fullmatch(r"benchmark: \d+\.\d{2} ms/iter, \d+ images/s\nbenchmark runtime: gpus \d+, cpu_cores \d+, "
+                        r"cpu_allocator (bfc|default), intra_op_threads \d+, inter_op_threads \d+\n", output)
+    assert result["runtime"]["cpu_cores"] == os.cpu_count()
 
 
 def test_check_ranges_names_the_first_flag_out_of_range():
