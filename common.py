@@ -211,15 +211,17 @@ def configure_cpu(one_thread_per_op=False):
     cycles) run side by side. That made the cycle-VAE MNIST step about 15 % faster than TensorFlow's default
     on the 2-core Intel (AVX-512) machine of the README's speed table (and 28 against 40 ms for two intra-op
     threads), but slower on the AMD machine above (median 115.2 against 77.5 ms with two threads per op, both with
-    the BFC allocator), so it depends on the CPU; it was only ever measured on 2-core machines. TensorFlow's own
-    variables TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS override the choice: when either is set, the
-    thread counts are left to them (e.g. both 2 for two threads per op on two cores).
+    the BFC allocator), so it depends on the CPU. It was only ever measured on 2-core machines, so it applies only
+    to machines with at most 2 cores: with more, one thread per op would leave most cores idle during each
+    convolution, and TensorFlow's default (every core on each op) is kept. TensorFlow's own variables
+    TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS override the choice: when either is set, the thread counts
+    are left to them (e.g. both 2 for two threads per op on two cores).
 
     Values the user has set in the environment are kept. Later calls (tests, notebooks, where TensorFlow is
     already running) and machines with a GPU keep their threads.
     """
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-    if not one_thread_per_op or tf.config.list_physical_devices("GPU"):
+    if not one_thread_per_op or (os.cpu_count() or 1) > 2 or tf.config.list_physical_devices("GPU"):
         return
     if os.environ.get("TF_NUM_INTRAOP_THREADS") or os.environ.get("TF_NUM_INTEROP_THREADS"):
         return
