@@ -221,13 +221,14 @@ def configure_cpu(one_thread_per_op=False):
     already running) and machines with a GPU keep their threads.
     """
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-    if not one_thread_per_op or (os.cpu_count() or 1) > 2 or tf.config.list_physical_devices("GPU"):
+    cores = os.cpu_count() or 1
+    if not one_thread_per_op or cores > 2 or tf.config.list_physical_devices("GPU"):
         return
     if os.environ.get("TF_NUM_INTRAOP_THREADS") or os.environ.get("TF_NUM_INTEROP_THREADS"):
         return
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
+        tf.config.threading.set_inter_op_parallelism_threads(cores)
     except RuntimeError:
         pass  # TensorFlow is already running: keep its settings.
 
@@ -737,9 +738,8 @@ def benchmark_training(model, dataset, images_per_step, warmup=20, steps=100):
 
 def runtime_settings():
     """What decides a CPU step's speed besides the model (configure_cpu): devices, allocator, thread counts."""
-    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
     # A thread count of 0 is TensorFlow's own choice (TF_NUM_*_THREADS if set, else from the core count).
-    return {"gpus": len(gpus), "cpu_cores": os.cpu_count(),
+    return {"gpus": len(tf.config.list_physical_devices("GPU")), "cpu_cores": os.cpu_count(),
             "cpu_allocator": "bfc" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
             else "default",
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()

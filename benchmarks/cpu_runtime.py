@@ -22,12 +22,13 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ALLOCATOR = {"TF_CPU_ALLOCATOR_USE_BFC": "false"}
 TWO_THREADS_PER_OP = {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2"}
+CYCLE_MNIST, BETA_DSPRITES = ["cycle_vae.py", "--dataset", "mnist"], ["beta_vae.py"]
 SETTINGS = {  # name -> (script and flags, environment)
-    "cycle-VAE MNIST, default allocator, 1 thread/op": (["cycle_vae.py", "--dataset", "mnist"], DEFAULT_ALLOCATOR),
-    "cycle-VAE MNIST, BFC allocator, 1 thread/op (default)": (["cycle_vae.py", "--dataset", "mnist"], {}),
-    "cycle-VAE MNIST, BFC allocator, 2 threads/op": (["cycle_vae.py", "--dataset", "mnist"], TWO_THREADS_PER_OP),
-    "beta-VAE dSprites conv, default allocator": (["beta_vae.py"], DEFAULT_ALLOCATOR),
-    "beta-VAE dSprites conv, BFC allocator (default)": (["beta_vae.py"], {}),
+    "cycle-VAE MNIST, default allocator, 1 thread/op": (CYCLE_MNIST, DEFAULT_ALLOCATOR),
+    "cycle-VAE MNIST, BFC allocator, 1 thread/op (default)": (CYCLE_MNIST, {}),
+    "cycle-VAE MNIST, BFC allocator, 2 threads/op": (CYCLE_MNIST, TWO_THREADS_PER_OP),
+    "beta-VAE dSprites conv, default allocator": (BETA_DSPRITES, DEFAULT_ALLOCATOR),
+    "beta-VAE dSprites conv, BFC allocator (default)": (BETA_DSPRITES, {}),
 }
 FIGURE = re.compile(r"benchmark: ([0-9.]+) ms/iter")
 
