@@ -112,7 +112,8 @@ def main(argv=None):
         if not train_command or not train_command[0].endswith(".py"):
             parser.error("give the training command after --, starting with the model script, e.g. "
                          "-- beta_vae.py --data-dir ../shared/data --epochs 50 --no-evaluate")
-        if {"--seed", "--out", "--resume"} & set(train_command):
+        # "--seed=3" is the same flag as "--seed 3" to argparse, so compare the part before any "=".
+        if {"--seed", "--out", "--resume"} & {word.split("=", 1)[0] for word in train_command}:
             parser.error("leave --seed, --out and --resume out of the training command: the study sets them per seed")
         for seed in args.seeds:
             train_and_evaluate(args.out, seed, train_command, shlex.split(args.eval_args))

@@ -53,9 +53,10 @@ def test_summary_without_any_evaluated_seed_says_what_to_run(tmp_path):
         seed_study.summarise(tmp_path / "study", [0, 1, 2])
 
 
-def test_training_command_may_not_set_the_seed_itself(tmp_path, capsys):
+@pytest.mark.parametrize("flag", [["--seed", "3"], ["--seed=3"], ["--out=elsewhere"]])
+def test_training_command_may_not_set_the_seed_itself(tmp_path, capsys, flag):
     with pytest.raises(SystemExit) as exit_info:
-        seed_study.main(["--out", str(tmp_path / "study"), "--", "beta_vae.py", "--seed", "3"])
+        seed_study.main(["--out", str(tmp_path / "study"), "--", "beta_vae.py", *flag])
     assert exit_info.value.code == 2
     assert "leave --seed, --out and --resume out" in capsys.readouterr().err
 
