@@ -74,6 +74,7 @@ def summarise(out, seeds):
     if len(set(presets.values())) > 1:  # evaluation.md Sec. 6: never mix fast-preset and study-size numbers
         sys.exit(f"error: the seeds were scored with different metric presets ({presets}); evaluate them all with the "
                  "same eval_latents.py flags (delete the odd ones' eval/ folders and rerun the study).")
+    preset = next(iter(presets.values()))
     names = [name for name in SHOWN if any(rows[seed].get(name) is not None for seed in rows)]
     median, mean, std = {}, {}, {}
     for name in names:
@@ -81,7 +82,7 @@ def summarise(out, seeds):
         median[name], mean[name] = statistics.median(values), statistics.fmean(values)
         std[name] = statistics.stdev(values) if len(values) > 1 else None
     missing = [seed for seed in seeds if seed not in rows]
-    title = f"{out}: median of {len(rows)} of {len(seeds)} seeds, {next(iter(presets.values()))} metric preset" + (
+    title = f"{out}: median of {len(rows)} of {len(seeds)} seeds, {preset} metric preset" + (
         f" (not yet evaluated: {', '.join(map(str, missing))})" if missing else "")
     lines = [title, "", "| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for seed, scores in rows.items():
@@ -89,7 +90,7 @@ def summarise(out, seeds):
     lines.append("| mean +- std | " + " | ".join(
         f"{mean[name]:.3f}" + (f" +- {std[name]:.3f}" if std[name] is not None else "") for name in names) + " |")
     lines.append("| **median** | " + " | ".join(f"**{median[name]:.3f}**" for name in names) + " |")
-    summary = {"seeds": {str(seed): rows[seed] for seed in rows}, "preset": next(iter(presets.values())),
+    summary = {"seeds": {str(seed): rows[seed] for seed in rows}, "preset": preset,
                "median": median, "mean": mean, "std_ddof1": std, "n": len(rows), "missing_seeds": missing}
     return "\n".join(lines) + "\n", summary
 
