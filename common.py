@@ -743,6 +743,12 @@ def runtime_settings():
             "cpu_allocator": "bfc" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
             else "default",
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()
-            or os.environ.get("TF_NUM_INTRAOP_THREADS", 0),
+            or _threads_from_environment("TF_NUM_INTRAOP_THREADS"),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()
-            or os.environ.get("TF_NUM_INTEROP_THREADS", 0)}
+            or _threads_from_environment("TF_NUM_INTEROP_THREADS")}
+
+
+def _threads_from_environment(name):
+    """A TF_NUM_*_THREADS value as an int (0 when unset), like TensorFlow's own count; any other text as it is."""
+    value = os.environ.get(name, "").strip() or "0"
+    return int(value) if value.isdigit() else value

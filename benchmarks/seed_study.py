@@ -99,6 +99,20 @@ def _format(value):
     return "n/a" if value is None else f"{value:.3f}"
 
 
+STUDY_FLAGS = ("--seed", "--out", "--resume")
+
+
+def sets_study_flag(word):
+    """Whether a training-command word would set one of the flags the study sets per seed.
+
+    argparse reads "--seed=3" like "--seed 3", and also accepts any unambiguous prefix ("--se 3"), so a word counts
+    when the part before any "=" is one of STUDY_FLAGS or a prefix of one. A prefix that several flags share would
+    be refused by argparse anyway, so refusing it here too costs nothing.
+    """
+    flag = word.split("=", 1)[0]
+    return flag.startswith("--") and len(flag) > 2 and any(name.startswith(flag) for name in STUDY_FLAGS)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
@@ -113,8 +127,7 @@ def main(argv=None):
         if not train_command or not train_command[0].endswith(".py"):
             parser.error("give the training command after --, starting with the model script, e.g. "
                          "-- beta_vae.py --data-dir ../shared/data --epochs 50 --no-evaluate")
-        # "--seed=3" is the same flag as "--seed 3" to argparse, so compare the part before any "=".
-        if {"--seed", "--out", "--resume"} & {word.split("=", 1)[0] for word in train_command}:
+        if any(sets_study_flag(word) for word in train_command):
             parser.error("leave --seed, --out and --resume out of the training command: the study sets them per seed")
         for seed in args.seeds:
             train_and_evaluate(args.out, seed, train_command, shlex.split(args.eval_args))

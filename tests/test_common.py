@@ -517,6 +517,18 @@ def test_benchmark_training_times_steps_and_prints_one_line(capsys):
     assert result["runtime"]["cpu_cores"] == os.cpu_count()
 
 
+def test_runtime_settings_reads_thread_counts_from_the_environment_as_ints(monkeypatch):
+    # With TensorFlow's own counts left at 0 ("its choice"), the environment's TF_NUM_*_THREADS are reported, and
+    # as ints like TensorFlow's counts, so that result["runtime"] holds one type per field.
+    monkeypatch.setattr(tf.config.threading, "get_intra_op_parallelism_threads", lambda: 0)
+    monkeypatch.setattr(tf.config.threading, "get_inter_op_parallelism_threads", lambda: 0)
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "2")
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)
+    settings = common.runtime_settings()
+    assert settings["intra_op_threads"] == 2 and settings["inter_op_threads"] == 0
+    assert type(settings["intra_op_threads"]) is int and type(settings["inter_op_threads"]) is int
+
+
 def test_check_ranges_names_the_first_flag_out_of_range():
     config = types.SimpleNamespace(epochs=0, z_dim=4, beta=-1.0, adam_epsilon=0.0, rate=0.5)
     common.check_ranges(config, at_least_one=("z_dim",), positive=("rate",), non_negative=("rate",))  # all hold

@@ -53,12 +53,18 @@ def test_summary_without_any_evaluated_seed_says_what_to_run(tmp_path):
         seed_study.summarise(tmp_path / "study", [0, 1, 2])
 
 
-@pytest.mark.parametrize("flag", [["--seed", "3"], ["--seed=3"], ["--out=elsewhere"]])
+@pytest.mark.parametrize("flag", [["--seed", "3"], ["--seed=3"], ["--out=elsewhere"], ["--se", "3"], ["--ou=x"],
+                                  ["--resu"]])
 def test_training_command_may_not_set_the_seed_itself(tmp_path, capsys, flag):
     with pytest.raises(SystemExit) as exit_info:
         seed_study.main(["--out", str(tmp_path / "study"), "--", "beta_vae.py", *flag])
     assert exit_info.value.code == 2
     assert "leave --seed, --out and --resume out" in capsys.readouterr().err
+
+
+def test_other_flags_of_the_training_command_pass():
+    words = ["--epochs", "50", "--steps-per-epoch=3", "--seeds-file", "--output-dir", "--no-evaluate", "-s", "--"]
+    assert not any(seed_study.sets_study_flag(word) for word in words)
 
 
 def test_study_resumes_a_seed_with_a_run_folder_and_skips_an_evaluated_one(tmp_path, monkeypatch):
