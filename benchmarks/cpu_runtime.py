@@ -2,12 +2,15 @@
 
     python benchmarks/cpu_runtime.py --data-dir ../shared/data --rounds 3
     python benchmarks/cpu_runtime.py --data-dir ../shared/data --torch-python /tmp/torch/bin/python
+    python benchmarks/cpu_runtime.py --data-dir ../shared/data --only "cycle-VAE Sprites"   # names holding it
 
 Each setting is one environment for a fresh process of `cycle_vae.py --dataset mnist --benchmark` or
 `beta_vae.py --benchmark` (dSprites conv net): TensorFlow's default CPU allocator against the BFC allocator that
 common.configure_cpu() now selects (TF_CPU_ALLOCATOR_USE_BFC), and for the cycle-VAE one thread per op (its
 default) against two (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, which configure_cpu leaves to the user).
-The settings take turns within every round, so that the load of a shared machine falls on all of them alike.
+The Sprites cycle-VAE (60x60x3, z 512, s 64) is timed with one and with two threads per op as well. The settings
+take turns within every round, so that the load of a shared machine falls on all of them alike. --only picks
+settings by a part of their name; note that "Sprites" is also part of "dSprites".
 With --torch-python (an interpreter with PyTorch), each round also runs benchmarks/torch_reference_step.py, the
 public reference's cycle-VAE step. Prints every figure and the median per setting (ms/iter; lower is faster).
 """
@@ -23,14 +26,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ALLOCATOR = {"TF_CPU_ALLOCATOR_USE_BFC": "false"}
 TWO_THREADS_PER_OP = {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "2"}
 CYCLE_MNIST, BETA_DSPRITES = ["cycle_vae.py", "--dataset", "mnist"], ["beta_vae.py"]
+CYCLE_SPRITES = ["cycle_vae.py", "--dataset", "sprites"]
 SETTINGS = {  # name -> (script and flags, environment)
     "cycle-VAE MNIST, default allocator, 1 thread/op": (CYCLE_MNIST, DEFAULT_ALLOCATOR),
     "cycle-VAE MNIST, BFC allocator, 1 thread/op (default)": (CYCLE_MNIST, {}),
     "cycle-VAE MNIST, BFC allocator, 2 threads/op": (CYCLE_MNIST, TWO_THREADS_PER_OP),
     "beta-VAE dSprites conv, default allocator": (BETA_DSPRITES, DEFAULT_ALLOCATOR),
     "beta-VAE dSprites conv, BFC allocator (default)": (BETA_DSPRITES, {}),
+    "cycle-VAE Sprites, BFC allocator, 1 thread/op (default)": (CYCLE_SPRITES, {}),
+    "cycle-VAE Sprites, BFC allocator, 2 threads/op": (CYCLE_SPRITES, TWO_THREADS_PER_OP),
 }
 FIGURE = re.compile(r"benchmark: ([0-9.]+) ms/iter")
+
+
+def select(only):
+    """The settings whose name contains any of the texts in `only` (case-insensitive); all of them if it is empty."""
+    return {name: setting for name, setting in SETTINGS.items()
+            if not only or any(text.lower() in name.lower() for text in only)}
 
 
 def time_one(command, environment):
@@ -46,12 +58,17 @@ def main():
     parser.add_argument("--data-dir", default=None, help="folder with the datasets (as for the model scripts)")
     parser.add_argument("--rounds", type=int, default=3, help="times each setting is run (default 3)")
     parser.add_argument("--torch-python", default=None, help="a Python with PyTorch, to time the reference step too")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="time only the settings whose name contains TEXT (case-insensitive; repeatable)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    chosen = select(args.only)
+    if not chosen:
+        parser.error(f"--only {' / '.join(args.only)} matches no setting; the settings are: " + "; ".join(SETTINGS))
     data_flags = ["--data-dir", args.data_dir] if args.data_dir else []
     runs = {name: ([sys.executable, *script, *data_flags, "--benchmark"], environment)
-            for name, (script, environment) in SETTINGS.items()}
+            for name, (script, environment) in chosen.items()}
     if args.torch_python:
         runs["PyTorch reference cycle-VAE MNIST step, 2 threads"] = (
             [args.torch_python, "benchmarks/torch_reference_step.py", "--threads", "2"], {})
