@@ -11,25 +11,9 @@ import pytest
 import beta_vae
 import common
 import data
-from test_cycle_vae import run_script
-from test_data import make_dsprites
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-
-
-@pytest.fixture
-def tiny_dsprites(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    root = tmp_path_factory.mktemp("dsprites-data")
-    make_dsprites(root)
-    return root, data.load_dsprites(root)
-
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    yield
-    keras.config.set_dtype_policy("float32")
 
 
 def make_model(image_shape=(64, 64, 1), architecture="burgess", objective="beta", seed=0, **kwargs):
@@ -148,7 +132,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_dsprite
     assert all(np.array_equal(a, b.numpy()) and np.all(np.isfinite(a)) for a, b in zip(saved, kept))
 
 
-def test_capacity_schedule_continues_across_resume_and_evaluation(tiny_dsprites, tmp_path):
+def test_capacity_schedule_continues_across_resume_and_evaluation(tiny_dsprites, tmp_path, run_script):
     root, _ = tiny_dsprites
     args = ["--data-dir", str(root), "--batch-size", "16", "--steps-per-epoch", "5", "--objective", "capacity",
             "--capacity-steps", "20", "--out", str(tmp_path / "run"), "--grid-every", "1", "--no-evaluate"]
@@ -180,7 +164,7 @@ def test_capacity_schedule_continues_across_resume_and_evaluation(tiny_dsprites,
     assert "Disentanglement metrics" in (out / "report.md").read_text()
 
 
-def test_cli_rejects_bad_values(tmp_path):
+def test_cli_rejects_bad_values(tmp_path, run_script):
     result = run_script("beta_vae.py", "--objective", "elbo", cwd=tmp_path)
     assert result.returncode == 2 and "--objective" in result.stderr and "invalid choice" in result.stderr
     result = run_script("beta_vae.py", "--z-dim", "0", cwd=tmp_path)

@@ -1,9 +1,6 @@
 """cycle_vae.py and the core of eval_latents.py: steps, mixed precision, save/load, resume, evaluation, CLI errors."""
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,24 +10,9 @@ import tensorflow as tf
 import common
 import cycle_vae
 import data
-from test_data import make_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-
-
-@pytest.fixture
-def tiny_mnist(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    root = tmp_path_factory.mktemp("mnist-data")
-    make_mnist(root, n_train=320, n_test=100)
-    return root, data.load_mnist(root)
-
-
-@pytest.fixture(autouse=True)
-def float32_policy():
-    yield
-    keras.config.set_dtype_policy("float32")
 
 
 def make_model(dataset, reverse_mode="joint", z_dim=16, s_dim=16, seed=0):
@@ -153,12 +135,6 @@ def test_save_load_gives_identical_codes(tiny_mnist, tmp_path, monkeypatch):
     assert info["script"] == "cycle_vae" and type(loaded).__name__ == "CycleVAE"
 
 
-def run_script(script, *args, cwd, env=None):
-    env = {**os.environ, data.OFFLINE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
-
-
 def test_bernoulli_swap_error_is_the_cross_entropy_of_the_swapped_decoding(tiny_mnist, monkeypatch):
     _, dataset = tiny_mnist
     keras.utils.set_random_seed(0)
@@ -182,7 +158,7 @@ def test_bernoulli_swap_error_is_the_cross_entropy_of_the_swapped_decoding(tiny_
         cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16, reconstruction="l1")
 
 
-def test_train_resume_and_evaluate_end_to_end(tiny_mnist, tmp_path):
+def test_train_resume_and_evaluate_end_to_end(tiny_mnist, tmp_path, run_script):
     root, _ = tiny_mnist
     common_args = ["--dataset", "mnist", "--data-dir", str(root), "--batch-size", "32", "--steps-per-epoch", "4",
                    "--out", str(tmp_path / "run"), "--grid-every", "1", "--no-evaluate"]
@@ -221,7 +197,7 @@ def test_train_resume_and_evaluate_end_to_end(tiny_mnist, tmp_path):
     assert codes["digit_test"].shape == (100,) and "z_logvar_train" in codes.files
 
 
-def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path):
+def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path, run_script):
     missing = run_script("eval_latents.py", "--ckpt", str(tmp_path / "nothing.keras"), cwd=tmp_path)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "nothing.keras" in missing.stderr
@@ -236,7 +212,7 @@ def test_eval_rejects_missing_and_foreign_checkpoints(tmp_path):
     assert "some_other_project" in foreign.stderr
 
 
-def test_cli_rejects_bad_flags(tmp_path):
+def test_cli_rejects_bad_flags(tmp_path, run_script):
     result = run_script("cycle_vae.py", "--dataset", "cifar", cwd=tmp_path)
     assert result.returncode == 2 and "--dataset" in result.stderr and "invalid choice" in result.stderr
     result = run_script("cycle_vae.py", "--reverse-mode", "both", cwd=tmp_path)

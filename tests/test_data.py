@@ -3,7 +3,6 @@ import gzip
 import io
 import os
 import pathlib
-import pickle
 import subprocess
 import sys
 import tarfile
@@ -24,42 +23,6 @@ SLOW = os.environ.get("DISENTANGLE_SLOW_TESTS", "") not in ("", "0")
 # ---------------------------------------------------------------------------------------------------------------
 # Fixture writers, one per original format
 # ---------------------------------------------------------------------------------------------------------------
-
-def write_idx(path, array):
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
-
-
-def make_mnist(root, n_train=120, n_test=40, seed=0):
-    rng = np.random.default_rng(seed)
-    folder = root / "mnist"
-    folder.mkdir(parents=True)
-    arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, 28, 28)),
-              "train-labels-idx1-ubyte.gz": np.arange(n_train) % 10,
-              "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, 28, 28)),
-              "t10k-labels-idx1-ubyte.gz": (np.arange(n_test) * 3) % 10}
-    for name, array in arrays.items():
-        write_idx(folder / name, array.astype(np.uint8))
-    return arrays
-
-
-def make_dsprites(root, seed=0):
-    """A real-format subset: 3 shapes x 2 scales x 4 orientations x 4 x 4 positions, every other row dropped."""
-    rng = np.random.default_rng(seed)
-    sizes = [1, 3, 6, 40, 32, 32]
-    grid = np.stack(np.meshgrid([0], [0, 1, 2], [0, 3], [0, 10, 20, 30], [0, 5, 9, 31], [1, 2, 3, 4],
-                                indexing="ij"), -1).reshape(-1, 6)
-    classes = grid[rng.permutation(len(grid))[: len(grid) // 2]]  # a subset, deliberately NOT in radix order
-    imgs = rng.integers(0, 2, (len(classes), 64, 64)).astype(np.uint8)
-    metadata = {"latents_sizes": np.array(sizes), "latents_names": ("color", "shape", "scale", "orientation",
-                                                                     "posX", "posY"), "description": "fixture"}
-    folder = root / "dsprites"
-    folder.mkdir(parents=True)
-    np.savez(folder / data.DSPRITES_FILE, imgs=imgs, latents_classes=classes,
-             latents_values=classes.astype(np.float64) / 10, metadata=np.array(metadata, dtype=object))
-    return imgs, classes
-
 
 def sprite_frames(character):
     """Deterministic, compressible (178, 60, 60, 3) uint8 frames that identify character and frame."""
@@ -102,16 +65,11 @@ def make_sprites(root, monkeypatch, n=6, layout="folder"):
     return labels
 
 
-@pytest.fixture
-def offline(monkeypatch):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # MNIST
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_mnist_reads_idx_files(tmp_path, offline):
+def test_mnist_reads_idx_files(tmp_path, offline, make_mnist):
     arrays = make_mnist(tmp_path)
     ds = data.load_mnist(tmp_path)
     assert ds.images.shape == (160, 28, 28, 1) and ds.images.dtype == np.uint8
@@ -120,7 +78,7 @@ def test_mnist_reads_idx_files(tmp_path, offline):
     assert len(ds.splits["train"]) == 120 and ds.splits["test"][0] == 120
 
 
-def test_truncated_idx_is_a_clear_error(tmp_path, offline):
+def test_truncated_idx_is_a_clear_error(tmp_path, offline, make_mnist):
     make_mnist(tmp_path)
     path = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
     raw = gzip.decompress(path.read_bytes())
@@ -165,7 +123,7 @@ def _serve(files):
     return urlopen
 
 
-def test_download_fetches_and_verifies_mnist(tmp_path, monkeypatch):
+def test_download_fetches_and_verifies_mnist(tmp_path, monkeypatch, make_mnist):
     source = tmp_path / "source"
     make_mnist(source)
     files = {p.name: p.read_bytes() for p in (source / "mnist").iterdir()}
@@ -180,7 +138,7 @@ def test_download_fetches_and_verifies_mnist(tmp_path, monkeypatch):
     assert sorted(p.name for p in (target / "mnist").iterdir()) == sorted(files)
 
 
-def test_failed_download_keeps_existing_files(tmp_path, monkeypatch):
+def test_failed_download_keeps_existing_files(tmp_path, monkeypatch, make_mnist):
     make_mnist(tmp_path)
     folder = tmp_path / "mnist"
     (folder / "t10k-images-idx3-ubyte.gz").unlink()
@@ -201,7 +159,7 @@ def test_failed_download_keeps_existing_files(tmp_path, monkeypatch):
 # dSprites
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_dsprites_subset_and_factor_index(tmp_path, offline):
+def test_dsprites_subset_and_factor_index(tmp_path, offline, make_dsprites):
     imgs, classes = make_dsprites(tmp_path)
     ds = data.load_dataset("dsprites", tmp_path)
     assert ds.images.shape == (len(imgs), 64, 64, 1) and set(np.unique(ds.images)) <= {0, 255}
@@ -225,7 +183,7 @@ def test_dsprites_subset_and_factor_index(tmp_path, offline):
     assert set(ds.splits["train"]).isdisjoint(ds.splits["test"])
 
 
-def test_truncated_npz_is_a_clear_error(tmp_path, offline):
+def test_truncated_npz_is_a_clear_error(tmp_path, offline, make_dsprites):
     make_dsprites(tmp_path)
     path = tmp_path / "dsprites" / data.DSPRITES_FILE
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -300,7 +258,7 @@ def test_corrupt_mat_file_is_named(tmp_path, monkeypatch, offline):
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def mnist(tmp_path, offline):
+def mnist(tmp_path, offline, make_mnist):
     make_mnist(tmp_path, n_train=300)
     return data.load_mnist(tmp_path)
 
@@ -394,7 +352,7 @@ def _run(*args, env=None):
                           env={**os.environ, data.OFFLINE_ENV: "1", **(env or {})}, timeout=120)
 
 
-def test_cli_summary_and_errors(tmp_path):
+def test_cli_summary_and_errors(tmp_path, make_mnist):
     make_mnist(tmp_path)
     result = _run("--dataset", "mnist", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr

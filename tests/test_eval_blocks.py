@@ -8,8 +8,6 @@ import pytest
 
 import data
 import eval_latents
-from test_beta_vae import tiny_dsprites  # noqa: F401 (the fixture)
-from test_cycle_vae import run_script
 
 
 class LookupModel:
@@ -83,7 +81,7 @@ def test_predictor_networks_separate_independent_from_dependent_blocks(dependent
             assert abs(results[name]["r2"]) < 0.05 and 0.85 < results[name]["ratio"] < 1.15, results[name]
 
 
-def test_cycle_vae_on_dsprites_gets_block_metrics_leakage_and_swap_error(tiny_dsprites, tmp_path):
+def test_cycle_vae_on_dsprites_gets_block_metrics_leakage_and_swap_error(tiny_dsprites, tmp_path, run_script):
     root, _ = tiny_dsprites
     trained = run_script("cycle_vae.py", "--dataset", "dsprites", "--data-dir", str(root), "--batch-size", "16",
                          "--steps-per-epoch", "3", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-evaluate",
