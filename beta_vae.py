@@ -1,89 +1,76 @@
 """beta-VAE (Higgins et al., ICLR 2017) and the capacity-annealed VAE (Burgess et al. 2018, arXiv 1804.03599).
 
 An unsupervised VAE: the encoder maps an image x to q(z|x) = N(mu(x), diag sigma^2(x)) over 10 latents, the
-decoder gives Bernoulli logits for every pixel, and one of two objectives is minimised per batch:
+decoder gives Bernoulli logits for every pixel, and one of two objectives is minimised per batch
+(docs/methods.md Sec. 2):
 
   beta   (Higgins et al. 2017, Eq. 4):    L = E_B[-log p(x|z)] + beta * E_B[KL(q(z|x) || N(0, I))]
   capacity (Burgess et al. 2018, Eq. 8):  L = E_B[-log p(x|z)] + gamma * |E_B[KL(q(z|x) || N(0, I))] - C(t)|
                                           C(t) = C_max * min(1, t / T)
 
-Reductions, since beta and gamma only mean something relative to them: -log p(x|z) is the Bernoulli negative
-log-likelihood (binary cross-entropy on logits) SUMMED over the pixels of an image, in nats; the KL is the
-closed form 0.5 * sum_j (mu_j^2 + sigma_j^2 - log sigma_j^2 - 1), SUMMED over the latents; both are then
-AVERAGED over the batch. So beta = 1 is the plain ELBO per image, and C is a number of nats per image.
-z = mu + sigma * eps with one eps ~ N(0, I) per image and step. t is the optimizer's step counter, so a resumed
-run continues the capacity schedule where it stopped (it is part of the checkpointed optimizer state).
+Code names: -log p(x|z) is `reconstruction` (bernoulli_nll: cross-entropy on logits SUMMED over pixels, in
+nats), KL is `kl` (kl_divergence, SUMMED over latents); both are AVERAGED over the batch, so beta = 1 is the
+plain ELBO per image and C (`capacity/C`, capacity_at) is nats per image. beta, gamma, C_max and T are the
+flags --beta, --gamma, --capacity-max and --capacity-steps; t is the optimizer's step counter, so a resumed
+run continues the schedule where it stopped. z = mu + sigma * eps, one eps per image and step.
 
-Defaults: beta = 4 (Higgins et al. 2017, dSprites; measured after 50 epochs on our dSprites subset, README: beta 4
-gives MIG 0.234 with position, scale and orientation mixed over four latents, beta 16 gives MIG 0.394 with x, y and
-scale on three separate latents but no latent for shape or orientation); gamma = 1000, C_max = 25 nats, T = 100,000
-steps, batch 64 (Burgess et al. 2018, Appendix A). Adam 5e-4 for the beta objective (Burgess et al.'s rate), but
-1e-4 for the capacity objective, the rate at which Locatello et al. 2019 (disentanglement_lib) trained this
-objective with the same gamma, C_max and T. Where we differ from Burgess et al.: at 5e-4 the capacity objective
-killed our encoder. While C is still near 0, gamma * KL acts like beta = 1000, and every Adam step moves each
-encoder weight by about the learning rate towards a constant code. At 5e-4 the code became input-independent within
-the first ~1,000 steps and never recovered: the reconstruction stayed at the mean image's ~566 nats while the KL
-followed C up to 23 nats with no information in it (after 2,400 steps the encoder's last hidden layer varied by 7e-4
-across test images, against 4e-2 at 1e-4). Measured with `--objective capacity --epochs 6 --steps-per-epoch 400
---capacity-steps 2400`, with gamma 1000 and with gamma 100, and in 12 epochs with T = 50,000. At 1e-4 the
-reconstruction falls as soon as C allows it (481 nats at C = 0.75 with the default T, 389 at C = 23 with T = 2,400).
-Architectures (models.md Sec. 5):
-  burgess: encoder 4 x Conv(32, 4x4, stride 2) ReLU, Dense 256, 256 ReLU, Dense mu and log sigma^2 (10 each);
-           decoder Dense 256, 256, then the encoder's last feature map, 4 x ConvTranspose(4x4, stride 2) (32, 32,
-           32, then the image channels as logits). Burgess et al. 2018, Appendix A.1.
-  mlp:     encoder 1200-1200 ReLU, decoder 1200-1200-1200 tanh (Higgins et al. 2017, Appendix A.4).
-On MNIST (28x28) and Sprites (60x60) the convolutional decoder overshoots to 32 / 64 pixels and is cropped.
+Defaults: beta 4 (Higgins et al. 2017, dSprites); gamma 1000, C_max 25 nats, T 100,000 steps, batch 64,
+Adam 5e-4 (Burgess et al. 2018, Appendix A). We deliberately train the capacity objective at Adam 1e-4, the
+rate of Locatello et al. 2019 for it: at 5e-4 the code became input-independent while C was still near 0.
+Networks (docs/methods.md Sec. 3): --architecture burgess (Burgess et al. 2018, Appendix A.1) or mlp
+(Higgins et al. 2017, Appendix A.4); on MNIST and Sprites the conv decoder's output is cropped to the image.
 
-Where we deliberately differ from the public notebook (Akella17/Disentangled_Representation_Learning):
-  - one parameterisation, log sigma^2, in both the KL and the sampler (the notebook reads its head as log sigma
-    in the KL but as log sigma^2 when sampling), and no clipping of it: the notebook clips "log sigma" to
-    [1e-8, 5], so every posterior is at least as wide as the prior and only |mu| can carry information;
-  - the convolutional model is the published one (the notebook's never ran: its shapes do not fit 64x64);
-  - C(t) comes from the optimizer's step counter, not from a Python counter that a restart would reset.
+Where we deliberately differ from the public notebook (Akella17/Disentangled_Representation_Learning): one
+parameterisation, log sigma^2, in both the KL and the sampler, with no clipping (the notebook clips it to
+[1e-8, 5], so no posterior is narrower than the prior); the published conv net (the notebook's never ran on
+64x64); C(t) from the optimizer's step counter, not a counter that a restart resets.
 
 Usage:
   python beta_vae.py                                   # beta-VAE (beta 4), Burgess conv net, real dSprites
   python beta_vae.py --objective capacity              # capacity annealing, C 0 -> 25 nats over 100k steps
-  python beta_vae.py --architecture mlp --quick        # a few minutes on a CPU
+  python beta_vae.py --quick                           # a few minutes on a CPU, evaluation included
   python beta_vae.py --resume                          # continue the latest interrupted dsprites run
-  python beta_vae.py --benchmark                       # time training iterations
   python eval_latents.py --ckpt runs/beta_vae_dsprites_.../model.keras
+Results: docs/results/beta_vae.md.
 """
 import dataclasses
 import sys
-import time
-from typing import Literal
+from typing import Literal, Optional
 
+import common  # First: it keeps TensorFlow's start-up notices quiet.
+import data
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-import common
-import data
-
-
 @dataclasses.dataclass
 class Config(common.RunConfig):
     dataset: Literal["dsprites", "mnist", "sprites"] = "dsprites"  # Higgins et al. and Burgess et al. use dSprites.
     architecture: Literal["burgess", "mlp"] = "burgess"  # Burgess et al. 2018 conv net, or Higgins et al. 2017 MLP.
-    objective: Literal["beta", "capacity"] = "beta"  # Higgins et al. 2017 (beta * KL) or Burgess et al. 2018 (|KL - C|).
+    objective: Literal["beta", "capacity"] = "beta"  # beta * KL (Higgins et al. 2017) or |KL - C| (Burgess et al.).
     z_dim: int = 10  # Both papers.
     beta: float = 4.0  # Higgins et al. 2017, dSprites.
     gamma: float = 1000.0  # Burgess et al. 2018, Appendix A.
     capacity_max: float = 25.0  # C_max in nats per image; Burgess et al. 2018, Appendix A.
     capacity_steps: int = 100000  # T: steps over which C rises linearly from 0 to C_max; Burgess et al. 2018.
     batch_size: int = 64  # Burgess et al. 2018.
-    learning_rate: float = 0.0  # Adam; 0 = per objective: beta 5e-4 (Burgess et al. 2018), capacity 1e-4 (see above).
-    epochs: int = 0  # 0 = per dataset: dSprites 140 epochs of the 58,351 training images (127,540 steps).
-    steps_per_epoch: int = 0  # 0 = one pass over the training split.
+    learning_rate: Optional[float] = None  # Adam; default beta 5e-4 (Burgess et al. 2018), capacity 1e-4.
+    epochs: Optional[int] = None  # Default dSprites 140 (127,540 steps), MNIST 100, Sprites 20; --quick 2.
+    steps_per_epoch: Optional[int] = None  # Default one pass over the training split; --quick 150.
     grid_every: int = 10  # Write a latent-traversal image every this many epochs.
-    quick: bool = False  # A few-minute CPU run (2 short epochs) to try the pipeline end to end.
+    quick: bool = False  # A few-minute CPU run (2 short epochs) with a quick evaluation: try it end to end.
     evaluate: bool = True  # Run eval_latents.py on the trained model at the end.
+
+    def __post_init__(self):
+        common.check_ranges(
+            self, at_least_one=("z_dim", "batch_size", "epochs", "steps_per_epoch", "capacity_steps", "grid_every"),
+            positive=("learning_rate",), non_negative=("beta", "gamma", "capacity_max"))
 
 
 EPOCHS = {"dsprites": 140, "mnist": 100, "sprites": 20}
 LEARNING_RATE = {"beta": 5e-4, "capacity": 1e-4}  # Adam, per objective (module docstring).
+QUICK = {"epochs": 2, "steps_per_epoch": 150}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,7 +155,7 @@ class BetaVAE(keras.Model):
     unsupervised) and `decode(z)` -> images in [0, 1].
     """
 
-    def __init__(self, image_shape, architecture="burgess", z_dim=10, objective="beta", beta=4.0, gamma=1000.0,
+    def __init__(self, image_shape, *, architecture="burgess", z_dim=10, objective="beta", beta=4.0, gamma=1000.0,
                  capacity_max=25.0, capacity_steps=100000, seed=0, **kwargs):
         super().__init__(**kwargs)
         if objective not in ("beta", "capacity"):
@@ -259,13 +246,12 @@ class BetaVAE(keras.Model):
 # ---------------------------------------------------------------------------------------------------------------
 
 def resolve(config):
-    if config.quick:
-        config.epochs = config.epochs or 2
-        config.steps_per_epoch = config.steps_per_epoch or 150
-    config.epochs = config.epochs or EPOCHS[config.dataset]
-    config.learning_rate = config.learning_rate or LEARNING_RATE[config.objective]
-    common.check_ranges(config, at_least_one=("z_dim", "batch_size", "epochs", "capacity_steps"),
-                        non_negative=("beta", "gamma", "capacity_max", "learning_rate"))
+    """Fill the None fields from --quick, the dataset and the objective; an explicit value is kept."""
+    defaults = {**(QUICK if config.quick else {}), "epochs": EPOCHS[config.dataset],
+                "learning_rate": LEARNING_RATE[config.objective]}
+    for name, value in defaults.items():
+        if getattr(config, name) is None:
+            setattr(config, name, value)
     return config
 
 
@@ -277,62 +263,36 @@ def traversal_images(model, images):
 
 
 def main(argv=None):
-    try:
-        config = resolve(common.parse_config(Config, argv, description=__doc__))
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    config = common.parse_config(Config, argv, description=__doc__, resolve=resolve)
     # TensorFlow's default threads (ops split across the cores), not one_thread_per_op: this model is one chain
-    # of ops, which then used one core. The default was faster for it: 50.3-76.2 ms/iter (mean 64.2) against
-    # 72.6-79.1 ms (mean 76.1) for the conv net in five alternating `--benchmark` pairs on the 2-core CPU.
+    # of ops, which would then run on one core.
     common.configure_cpu(one_thread_per_op=False)
-    precision = common.set_precision(config.precision)
+    common.set_precision(config.precision)
     common.set_seed(config.seed)
     try:
-        dataset = data.load_dataset(config.dataset, config.data_dir or None)
+        dataset = data.load_dataset(config.dataset, config.data_dir)
     except data.DataError as error:
         sys.exit(f"error: {error}")
     steps = config.steps_per_epoch or len(dataset.rows("train")) // config.batch_size
-    model = BetaVAE(dataset.image_shape, config.architecture, config.z_dim, config.objective, config.beta,
-                    config.gamma, config.capacity_max, config.capacity_steps, config.seed)
+    model = BetaVAE(dataset.image_shape, architecture=config.architecture, z_dim=config.z_dim,
+                    objective=config.objective, beta=config.beta, gamma=config.gamma,
+                    capacity_max=config.capacity_max, capacity_steps=config.capacity_steps, seed=config.seed)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8))
     model.build()
 
-    def pipeline(first_epoch=0):
+    def pipeline(first_epoch):
         train = data.images(dataset, "train", config.batch_size, shuffle=True, seed=config.seed,
                             drop_remainder=True, first_epoch=first_epoch)
         return train.repeat() if config.steps_per_epoch else train
 
-    if config.benchmark:
-        print(f"beta_vae on {config.dataset}: {config.architecture} network, batch {config.batch_size}, "
-              f"z {config.z_dim}, {config.objective} objective, precision {precision}")
-        common.benchmark_training(model, pipeline(), images_per_step=config.batch_size)
-        return
-    run_dir = common.prepare_run_dir(config, script="beta_vae", name=config.dataset, argv=argv)
-    train = pipeline(common.completed_epochs(run_dir))  # 0 for a new run: it has no backup yet
-    grid_rows = np.random.default_rng(0).choice(dataset.rows("test"), min(64, len(dataset.rows("test"))), replace=False)
+    test_rows = dataset.rows("test")
+    grid_rows = np.random.default_rng(0).choice(test_rows, min(64, len(test_rows)), replace=False)
     grid_images = dataset.images[grid_rows].astype(np.float32) / 255.0
-    callbacks = common.training_callbacks(run_dir, image_grid_fn=lambda m: traversal_images(m, grid_images),
-                                          grid_every=config.grid_every)
-    schedule = (f"C 0 -> {config.capacity_max:g} nats over {config.capacity_steps} steps, gamma {config.gamma:g}"
-                if config.objective == "capacity" else f"beta {config.beta:g}")
-    print(f"training beta_vae ({config.architecture}, {schedule}) on {config.dataset} in {run_dir} "
-          f"({config.epochs} epochs x {steps} steps, precision {precision})", flush=True)
-    started = time.time()
-    try:
-        # shuffle=False: the tf.data pipeline already shuffles; fit() ignores shuffle on a Dataset, but
-        # its default shuffle=True made Keras print a warning at the start of every run.
-        model.fit(train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch or None, shuffle=False,
-                  callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
-    except common.TrainingDiverged as error:
-        sys.exit(f"error: {error}")
-    common.save_model(model, run_dir / "model.keras")
-    print(f"trained in {(time.time() - started) / 60:.1f} min (this process; {common.training_minutes(run_dir):.1f} min "
-          f"over all epochs in log.csv); model saved to {run_dir / 'model.keras'}")
-    if config.evaluate:
-        import eval_latents
-
-        eval_latents.main(["--ckpt", str(run_dir / "model.keras")] + (["--quick"] if config.quick else []) +
-                          (["--data-dir", config.data_dir] if config.data_dir else []))
+    objective = (f"C 0 -> {config.capacity_max:g} nats over {config.capacity_steps} steps, gamma {config.gamma:g}"
+                 if config.objective == "capacity" else f"beta {config.beta:g}")
+    common.train(model, config, script="beta_vae", pipeline=pipeline, steps=steps, argv=argv,
+                 describe=f"{config.architecture} network, z {config.z_dim}, {objective}",
+                 image_grid_fn=lambda m: traversal_images(m, grid_images))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import pathlib
 import re
 import shlex
 import sys
+import tempfile
 import textwrap
 import time
 import tokenize
@@ -33,10 +34,41 @@ import types
 import typing
 import zipfile
 
-import keras
-import numpy as np
-import PIL.Image
-import tensorflow as tf
+
+
+def _import_tensorflow_quietly():
+    """Import TensorFlow with its C++ start-up notices hidden, unless the user set TF_CPP_MIN_LOG_LEVEL.
+
+    TensorFlow prints them while its libraries load, before its own log level applies (oneDNN, "Could not find
+    cuda drivers"), and "failed call to cuInit" as an error line on every machine without a GPU: noise to a
+    user. What it writes while loading goes to a temporary file and is replayed if the import fails. Model
+    scripts import this module before keras for this reason; TF_CPP_MIN_LOG_LEVEL=0 shows everything.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.buffer.write(captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+_import_tensorflow_quietly()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 # ---- Config and command line ----
 
@@ -49,9 +81,9 @@ class RunConfig:
 
     seed: int = 0  # Seeds Python, NumPy, TensorFlow and Keras.
     precision: Precision = "auto"  # auto = mixed precision on a GPU, float32 on a CPU.
-    out: str = ""  # Run folder; default a new folder under runs/.
+    out: typing.Optional[str] = None  # Run folder; default a new folder runs/<script>_<dataset>_<time>/.
     resume: bool = False  # Continue the run in --out, or else the latest matching run under runs/.
-    data_dir: str = ""  # Data directory; default the environment variable or the cache (see data.py).
+    data_dir: typing.Optional[str] = None  # Data directory; default $DISENTANGLE_DATA_DIR, else the cache (data.py).
     benchmark: bool = False  # Time training steps, print ms/iter and images/s, and exit.
 
 
@@ -105,7 +137,16 @@ def _argument_options(name, annotation):
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every field's default and keeps the line breaks of the script's docstring."""
+    """Shows every field's default and keeps the line breaks of the script's docstring.
+
+    A default of None means "resolved from other settings" (per dataset, per mode): the field's comment says
+    what it resolves to, so "(default: None)" is not printed.
+    """
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser(config_cls, description=None):
@@ -135,13 +176,19 @@ def build_parser(config_cls, description=None):
     return parser
 
 
-def parse_config(config_cls, argv=None, description=None):
-    """Parse `argv` (default sys.argv[1:]) into a `config_cls` instance; bad values exit with code 2."""
+def parse_config(config_cls, argv=None, description=None, resolve=None):
+    """Parse `argv` (default sys.argv[1:]) into a `config_cls` instance, then `resolve(config)` if given.
+
+    The one place where a script's settings are checked: a ValueError or TypeError raised by the config's
+    __post_init__ or by `resolve` (which fills the None defaults per dataset or mode and checks what depends on
+    them) becomes argparse's message naming the flag, with exit code 2, in every script.
+    """
     parser = build_parser(config_cls, description)
     try:
-        return config_from_dict(config_cls, vars(parser.parse_args(argv)))
+        config = config_from_dict(config_cls, vars(parser.parse_args(argv)))
+        return resolve(config) if resolve is not None else config
     except (TypeError, ValueError) as error:
-        parser.error(str(error))  # Checks in a config's __post_init__ get argparse's message and exit code.
+        parser.error(str(error))
 
 
 def check_ranges(config, at_least_one=(), positive=(), non_negative=()):
@@ -150,7 +197,7 @@ def check_ranges(config, at_least_one=(), positive=(), non_negative=()):
               + [(name, lambda v: v > 0, "must be positive") for name in positive]
               + [(name, lambda v: v >= 0, "must not be negative") for name in non_negative])
     for name, holds, rule in bounds:
-        if not holds(getattr(config, name)):
+        if getattr(config, name) is not None and not holds(getattr(config, name)):  # None: resolved later
             raise ValueError(f"--{name.replace('_', '-')} {rule}, got {getattr(config, name)}.")
 
 
@@ -200,22 +247,15 @@ def set_precision(name):
 def configure_cpu(one_thread_per_op=False):
     """Set up TensorFlow's CPU runtime for these small networks; call it before TensorFlow runs its first op.
 
-    Memory: TensorFlow's BFC allocator (TF_CPU_ALLOCATOR_USE_BFC) keeps freed tensor memory in its own pool.
-    TensorFlow's default CPU allocator hands every large buffer back to the operating system and asks for it
-    again in the next step, which costs a page fault per 4 KiB page: on a 2-core AMD EPYC (AVX2) virtual
-    machine that was over a third of the step's CPU time (kernel time 18.9 of about 45 CPU-seconds in a cycle-VAE
-    `--benchmark`, 7.7 with the BFC allocator). Medians of three alternating rounds there, 2026-12-03
-    (benchmarks/cpu_runtime.py): cycle-VAE MNIST 192.6 -> 115.2 ms/iter, beta-VAE dSprites conv 215.3 -> 141.5.
+    Memory: asks for TensorFlow's BFC allocator (TF_CPU_ALLOCATOR_USE_BFC), which keeps freed tensor memory in
+    its own pool. The default CPU allocator returns large buffers to the operating system after every step and
+    pays a page fault per 4 KiB page to get them back, which can dominate a small model's step.
 
     Threads: with one_thread_per_op, each op runs on one thread and independent ops (the cycle-VAE's two
-    cycles) run side by side. That made the cycle-VAE MNIST step about 15 % faster than TensorFlow's default
-    on the 2-core Intel (AVX-512) machine of the README's speed table (and 28 against 40 ms for two intra-op
-    threads), but slower on the AMD machine above (median 115.2 against 77.5 ms with two threads per op, both with
-    the BFC allocator), so it depends on the CPU. It was only ever measured on 2-core machines, so it applies only
-    to machines with at most 2 cores: with more, one thread per op would leave most cores idle during each
-    convolution, and TensorFlow's default (every core on each op) is kept. TensorFlow's own variables
-    TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS override the choice: when either is set, the thread counts
-    are left to them (e.g. both 2 for two threads per op on two cores).
+    cycles) run side by side, on machines with at most 2 cores. Whether that beats TensorFlow's default (every
+    core on each op) depends on the CPU (docs/results/speed.md); with more cores the default is kept, so that
+    a convolution never leaves most cores idle. TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS override the
+    choice: when either is set, the thread counts are left to them.
 
     Values the user has set in the environment are kept. Later calls (tests, notebooks, where TensorFlow is
     already running) and machines with a GPU keep their threads.
@@ -427,7 +467,7 @@ def swap_grid(model, images):
 
 
 def traversal_grid(model, z_mean, order, values=None, s=None):
-    """Latent traversal around one code (evaluation.md Sec. 2), as (len(order), len(values)) cells.
+    """Latent traversal around one code (docs/evaluation.md Sec. 2), as (len(order), len(values)) cells.
 
     Row i sets latent order[i] of `z_mean` (one image's mean code, shape (d,)) to each of `values` in turn
     (default 10 steps from -2.5 to 2.5), keeping the others, and decodes through the model's decode(z[, s]).
@@ -607,6 +647,60 @@ def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=Tr
     if image_grid_fn is not None:
         callbacks.append(ImageGridMonitor(image_grid_fn, grid_every, run_dir / "images"))
     return callbacks
+
+
+# ---- The end of every script's main() ----
+
+
+def train(model, config, *, script, pipeline, steps, describe, image_grid_fn=None, images_per_step=None, argv=None):
+    """Benchmark, or train in a run folder and evaluate: what follows a script's model and data set-up.
+
+    `pipeline(first_epoch)` returns the training tf.data.Dataset starting at that epoch (a resumed run continues
+    with the next epoch's pairs); `describe` is one line naming the setting for the progress output. With
+    --benchmark, times training steps (`images_per_step` images each) and returns None. Otherwise: the run
+    folder (new, or the one --resume continues), fit() with the callbacks of training_callbacks, the final
+    save, the training time, and eval_latents.py on the result when --evaluate is on. A diverged run or a run
+    folder that cannot be used ends the process with the reason (exit 1). Returns the run folder.
+    """
+    if config.benchmark:
+        print(f"{script} on {config.dataset}: {describe}, batch {config.batch_size}, "
+              f"precision {keras.config.dtype_policy().name}")
+        benchmark_training(model, pipeline(0), images_per_step=images_per_step or config.batch_size)
+        return None
+    try:
+        run_dir = prepare_run_dir(config, script=script, name=config.dataset, argv=argv)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    train_data = pipeline(completed_epochs(run_dir))  # 0 for a new run: it has no backup yet
+    callbacks = training_callbacks(run_dir, image_grid_fn=image_grid_fn, grid_every=config.grid_every)
+    print(f"training {script} ({describe}) on {config.dataset} in {run_dir} ({config.epochs} epochs x {steps} "
+          f"steps, precision {keras.config.dtype_policy().name})", flush=True)
+    started = time.time()
+    try:
+        # shuffle=False: the tf.data pipeline shuffles; fit()'s default would only print a warning on a Dataset.
+        model.fit(train_data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
+                  callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    except TrainingDiverged as error:
+        sys.exit(f"error: {error}")
+    save_model(model, run_dir / "model.keras")
+    print(f"trained in {(time.time() - started) / 60:.1f} min (this process; {training_minutes(run_dir):.1f} min "
+          f"over all epochs in log.csv); model saved to {run_dir / 'model.keras'}", flush=True)
+    if config.evaluate:
+        evaluate(run_dir, quick=config.quick, data_dir=config.data_dir)
+    return run_dir
+
+
+def evaluate(run_dir, quick=False, data_dir=None):
+    """Run eval_latents.py on run_dir/model.keras, or say how to, where the evaluation was not copied along."""
+    command = ["--ckpt", str(pathlib.Path(run_dir) / "model.keras")] + (["--quick"] if quick else [])
+    command += ["--data-dir", str(data_dir)] if data_dir else []
+    try:
+        import eval_latents
+    except ImportError as error:  # A model script copied with data.py and common.py only.
+        print(f"Evaluation skipped ({error}): put eval_latents.py and evaluation/ beside this script, then run "
+              f"python eval_latents.py {shlex.join(command)}")
+        return
+    eval_latents.main(command)
 
 
 # ---- Saving and loading models ----

@@ -1,119 +1,108 @@
 """Cycle-Consistent VAE (Jha, Anand, Singh and Veeravasarapu, ECCV 2018, arXiv 1804.10469).
 
 The encoder splits an image x into a specified code s(x) (deterministic; what a pair shares: the digit, the
-sprite identity, the dSprites shape) and an unspecified code z ~ N(mu(x), sigma^2(x)) (everything else). Two
-cycles train it, both in every step:
+sprite identity, the dSprites shape) and an unspecified code z ~ N(mu(x), sigma^2(x)). Both cycles run in
+every step (docs/methods.md Sec. 1):
 
-  Forward cycle (Sec. 3.1), on a same-class pair (x1, x2): swap the specified codes and reconstruct,
-      L_fwd = 2 * [mMSE(Dec(z1, s2), x1) + mMSE(Dec(z2, s1), x2)] + 3 * [KL(x1) + KL(x2)] / (B * P)
-  with mMSE = sum of squared pixel errors / P averaged over the batch, KL in nats summed over z and the batch,
-  P pixels per image, B the batch size. Per image this is SSE_swap + 1.5 * KL: a Gaussian decoder with
-  variance 0.75 and beta = 1. There is no unswapped reconstruction term: the swap alone forces s to carry
-  the shared factor and z the rest.
-  On dSprites (binary images, 2 % white; not a dataset of the paper) mMSE is replaced by the Bernoulli NLL
-  (binary cross-entropy on the decoder's logits, summed over pixels / P), with the same weights
-  (--reconstruction; default "auto": bernoulli on dSprites, mse elsewhere). Under mMSE the decoder settles on
-  the all-black image within two epochs (measured: mean output 8e-6, z at 0.003 nats), where the sigmoid's
-  gradient has vanished; the cross-entropy's gradient on a logit, p - x, does not vanish there.
+  Forward cycle (Sec. 3.1, Eq. 3), on a same-class pair (x1, x2), with the specified codes swapped:
+      L_fwd = w_rec * [mMSE(Dec(z1, s2), x1) + mMSE(Dec(z2, s1), x2)] + w_kl * [KL(x1) + KL(x2)] / (B * P)
+  Reverse cycle (Sec. 3.2, Eq. 4), on a pair of DIFFERENT classes and one prior draw z ~ N(0, I) per row:
+      L_rev = w_rev * mean_(b, j) |mu(Dec(z, s(x1)))_j - mu(Dec(z, s(x2)))_j|
 
-  Reverse cycle (Sec. 3.2), on a pair (x1, x2) of DIFFERENT classes: draw one z ~ N(0, I) per row, decode it
-  with each specified code, encode both images again and ask for the same unspecified mean,
-      L_rev = 10 * mean_(b, j) |mu(Dec(z, s(x1)))_j - mu(Dec(z, s(x2)))_j|
-  which stops s from leaking into z: if z carried class information, the two decodings would re-encode to
-  different z. s is detached and the decoder is not updated by this term, so its gradient reaches only the
-  encoder, through the second encoding.
+Code names: w_rec = reconstruction_weight (2), w_kl = kl_weight (3), w_rev = reverse_weight; mMSE is
+`error` in _forward_cycle (sum of squared pixel errors / P, batch mean; Bernoulli NLL on dSprites, where the
+mMSE decoder settles on black images), KL is `kl` (nats summed over z), L_fwd is `forward`, L_rev `reverse`.
+P = pixels per image, B = batch size; per image this is SSE_swap + 1.5 * KL. In L_rev, s is detached and the
+decoder is not updated: its gradient reaches the encoder only, through the second encoding.
 
-How the two cycles are combined (--reverse-mode):
-  separate (default): the reference code's scheme: a second Adam over the encoder takes one step on L_rev after
-      every forward step. Adam is invariant to the scale of its loss, so the coefficient 10 does nothing there;
-      what acts is one extra, unit-size encoder step per iteration.
-  joint: one loss L_fwd + lambda_rev * L_rev and one Adam; L_rev's gradient reaches the encoder only. Here
-      lambda_rev (--reverse-weight, default 0.1 in this mode) is a real knob, and its scale matters: at the
-      reference's 10 the reverse cycle wins outright and z collapses to the prior (0.07 nats per image after
-      5 epochs on MNIST: no style left to transfer).
-  Measured on MNIST after 5 epochs (MLP probe test accuracy, chance 11.4 %; README):
-      mode                 KL nats  s     z mean  z sampled
-      separate             1.89     97.5  78.1    16.6
-      joint, lambda 0.03   2.59     97.4  82.0    21.6
-      joint, lambda 0.1    2.18     97.1  80.3    20.4
-      joint, lambda 0.3    1.84     96.5  85.4    17.8
-  The default is the separate step because it gave the best s and the least leakage into z on both z columns,
-  it is what produced the published numbers, and it needs no weight tuned per dataset (the joint weight trades the reverse cycle
-  against a reconstruction term whose size depends on the image size and the z size). Its cost is small: the
-  encoder-only step skips the heads that L_rev does not reach.
-  Two further knobs, also measured there and left at the paper's / reference's values because neither lowered
-  the leakage: --reverse-loss l2 (a squared distance, whose pull fades as the two means agree, where L1's does
-  not) and --adam-epsilon (1e-6 instead of 1e-8, so that weights whose gradients are near or below 1e-6, as on
-  the heads of z dimensions that carry nothing, take smaller than unit-size steps). All four combinations gave
-  z mean 78-80 % and z sampled 17-19 % (README).
+--reverse-mode separate (default, the reference code's scheme): a second Adam over the encoder takes one
+step on L_rev after every forward step; Adam cancels w_rev there. joint: one loss L_fwd + w_rev * L_rev and
+one Adam, where w_rev (default 0.1) is a real knob.
 
-Where we deliberately differ from the reference code (ananyahjha93/cycle-consistent-vae):
-  - reverse-cycle pairs always differ in class (the reference draws two independent batches, ~10 % same
-    class on MNIST); on Sprites they are also never the weapon twin 2k / 2k+1;
-  - same-class partners are never the image itself and are drawn afresh every epoch (the reference's
-    `itertools.cycle` replays the first epoch's pairs forever);
-  - Keras' default initialisation (--reference-init gives the reference's N(0, 0.05)), Adam epsilon 1e-8 as
-    in PyTorch, instance normalisation identical in training and inference.
+Where we deliberately differ from the reference code (ananyahjha93/cycle-consistent-vae): reverse-cycle pairs
+always differ in class; same-class partners are never the image itself and are drawn afresh every epoch (the
+reference replays its first epoch's pairs); Keras' default initialisation (--reference-init gives N(0, 0.05));
+instance normalisation identical in training and inference.
 
 Usage:
+  python cycle_vae.py --dataset mnist --quick          # about 2 minutes on a CPU, evaluation included
   python cycle_vae.py --dataset mnist                  # paper settings: 100 epochs, lr 1e-4 (x0.1 at epoch 80)
-  python cycle_vae.py --dataset sprites --quick        # a few minutes on a CPU
-  python cycle_vae.py --dataset mnist --resume         # continue the latest interrupted mnist run
+  python cycle_vae.py --dataset sprites --resume       # continue the latest interrupted sprites run
   python cycle_vae.py --dataset mnist --benchmark      # time training iterations
   python eval_latents.py --ckpt runs/cycle_vae_mnist_.../model.keras
+Results: docs/results/cycle_vae.md.
 """
 import dataclasses
 import sys
-import time
-from typing import Literal
+from typing import Literal, Optional
 
+import common  # First: it keeps TensorFlow's start-up notices quiet.
+import data
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-import common
-import data
+# Per-dataset defaults of the fields that are None in Config. MNIST and Sprites: the paper and the reference
+# code. dSprites is not a dataset of the paper: the conv net of docs/methods.md Sec. 3 with 10 + 10 latents and
+# Adam 5e-4 (Burgess et al. 2018's rate, also beta_vae.py's), since a CPU run of 15 epochs has ~14k steps.
+DATASET_DEFAULTS = {
+    "mnist": {"z_dim": 16, "s_dim": 16, "epochs": 100, "learning_rate": 1e-4},
+    "sprites": {"z_dim": 512, "s_dim": 64, "epochs": 16, "learning_rate": 1e-4},
+    "dsprites": {"z_dim": 10, "s_dim": 10, "epochs": 15, "learning_rate": 5e-4},
+}
+REVERSE_WEIGHT = {"separate": 10.0, "joint": 0.1}  # The reference's 10 (inert under its own Adam); joint: 0.1.
+# --quick: a short run that shows the method working (swaps that keep the style) in a few CPU minutes.
+QUICK = {"epochs": 2, "steps_per_epoch": 600, "learning_rate": 1e-3}
 
 
 @dataclasses.dataclass
 class Config(common.RunConfig):
     dataset: Literal["mnist", "sprites", "dsprites"] = "mnist"  # MNIST digit, Sprites identity, dSprites shape.
-    z_dim: int = 0  # Unspecified code size; 0 = paper default (MNIST 16, Sprites 512, dSprites 10).
-    s_dim: int = 0  # Specified code size; 0 = paper default (MNIST 16, Sprites 64, dSprites 10).
+    z_dim: Optional[int] = None  # Unspecified code size; default MNIST 16, Sprites 512, dSprites 10.
+    s_dim: Optional[int] = None  # Specified code size; default MNIST 16, Sprites 64, dSprites 10.
     batch_size: int = 64  # Reference code.
-    epochs: int = 0  # 0 = per dataset: MNIST 100 (paper; ~53 min on 2 CPU cores); Sprites 16 (~58 min at the measured 213-221 s per epoch), dSprites 15 (~50 min at ~200 s per epoch).
-    steps_per_epoch: int = 0  # 0 = one pass over the training split.
-    learning_rate: float = 0.0  # Adam; 0 = per dataset: 1e-4 (reference code) on MNIST and Sprites, 5e-4 on dSprites.
-    lr_drop_epoch: int = 0  # Multiply the learning rate by 0.1 from this epoch on; 0 = at 80 % of the epochs (ref.: 80 of 100).
-    reconstruction_weight: float = 2.0  # Weight of each swapped mMSE in L_fwd (reference code).
-    kl_weight: float = 3.0  # Weight of the summed KL / (B * P) in L_fwd (reference code).
-    reverse_weight: float = 0.0  # lambda_rev on L_rev; 0 = per mode: separate 10 (reference; Adam makes it inert), joint 0.1.
-    reverse_mode: Literal["separate", "joint"] = "separate"  # The reference's second, encoder-only Adam, or one weighted loss.
-    reconstruction: Literal["auto", "mse", "bernoulli"] = "auto"  # Swap error: auto = bernoulli on dSprites, else mse (paper).
+    epochs: Optional[int] = None  # Default MNIST 100 (paper), Sprites 16, dSprites 15; --quick 2.
+    steps_per_epoch: Optional[int] = None  # Default one pass over the training split; --quick 600.
+    learning_rate: Optional[float] = None  # Adam; default 1e-4 (reference), dSprites 5e-4, --quick 1e-3.
+    lr_drop_epoch: Optional[int] = None  # Learning rate x 0.1 from this epoch on; default 80 % of the epochs.
+    reconstruction_weight: float = 2.0  # w_rec, on each swapped mMSE in L_fwd (reference code).
+    kl_weight: float = 3.0  # w_kl, on the summed KL / (B * P) in L_fwd (reference code).
+    reverse_weight: Optional[float] = None  # w_rev on L_rev; default separate 10 (reference), joint 0.1.
+    reverse_mode: Literal["separate", "joint"] = "separate"  # Second, encoder-only Adam (reference) or one loss.
+    reconstruction: Literal["auto", "mse", "bernoulli"] = "auto"  # auto: bernoulli on dSprites, else mse (paper).
     reference_init: bool = False  # N(0, 0.05) weights as in the reference instead of Keras' defaults.
     reverse_loss: Literal["l1", "l2"] = "l1"  # Distance in L_rev: l1 (paper, Sec. 3.2) or mean squared difference.
     adam_epsilon: float = 1e-8  # Epsilon of both Adams (1e-8: PyTorch's default, as in the reference).
     grid_every: int = 5  # Write a swap grid every this many epochs.
-    quick: bool = False  # A few-minute CPU run (2 short epochs) to try the pipeline end to end.
+    quick: bool = False  # A short CPU run (2 x 600 steps at lr 1e-3) and a quick evaluation: try it end to end.
     evaluate: bool = True  # Run eval_latents.py on the trained model at the end.
 
     def __post_init__(self):
-        common.check_ranges(self, positive=("adam_epsilon",), non_negative=(
-            "learning_rate", "reconstruction_weight", "kl_weight", "reverse_weight"))
+        common.check_ranges(
+            self, at_least_one=("z_dim", "s_dim", "batch_size", "epochs", "steps_per_epoch", "lr_drop_epoch",
+                                "grid_every"),
+            positive=("adam_epsilon", "learning_rate"),
+            non_negative=("reconstruction_weight", "kl_weight", "reverse_weight"))
 
 
-DEFAULTS = {  # dataset -> (z_dim, s_dim, epochs)
-    "mnist": (16, 16, 100), "sprites": (512, 64, 16), "dsprites": (10, 10, 15)}
-# Adam's learning rate: the reference code's on the paper's datasets; on dSprites (not in the paper) the 5e-4 of
-# Burgess et al. 2018 (also beta_vae.py's), since a CPU run of 15 epochs has only ~14k steps (disentanglement_lib
-# trains 300k at 1e-4).
-LEARNING_RATE = {"mnist": 1e-4, "sprites": 1e-4, "dsprites": 5e-4}
-REVERSE_WEIGHT = {"separate": 10.0, "joint": 0.1}  # see "How the two cycles are combined" above
+def resolve(config):
+    """Fill the None fields from the dataset, the mode and --quick; an explicit value (0 included) is kept."""
+    presets = [QUICK] if config.quick else []
+    presets += [DATASET_DEFAULTS[config.dataset], {"reverse_weight": REVERSE_WEIGHT[config.reverse_mode]}]
+    for preset in presets:
+        for name, value in preset.items():
+            if getattr(config, name) is None:
+                setattr(config, name, value)
+    if config.lr_drop_epoch is None:
+        config.lr_drop_epoch = max(1, round(0.8 * config.epochs))
+    if config.reconstruction == "auto":
+        config.reconstruction = "bernoulli" if config.dataset == "dsprites" else "mse"
+    return config
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Networks (models.md Sec. 5): PyTorch Conv2d(k5, s2, p1) is ZeroPadding2D(1) + a "valid" Conv2D, and
+# Networks (docs/methods.md Sec. 3): PyTorch Conv2d(k5, s2, p1) is ZeroPadding2D(1) + a "valid" Conv2D, and
 # InstanceNorm2d (no affine) is GroupNormalization with one group per channel.
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -185,7 +174,7 @@ class CycleVAE(keras.Model):
     ("s", "z_mean", "z_logvar") and `decode(z, s)` -> images in [0, 1].
     """
 
-    def __init__(self, image_shape, dataset, z_dim, s_dim, reconstruction_weight=2.0, kl_weight=3.0,
+    def __init__(self, image_shape, *, dataset, z_dim, s_dim, reconstruction_weight=2.0, kl_weight=3.0,
                  reverse_weight=10.0, reverse_mode="separate", reference_init=False, seed=0, reconstruction="mse",
                  reverse_loss="l1", **kwargs):
         super().__init__(**kwargs)
@@ -351,35 +340,21 @@ def training_data(dataset, config, first_epoch=0):
     return tf.data.Dataset.zip({"same": same, "different": different})
 
 
-def resolve(config):
-    z_dim, s_dim, epochs = DEFAULTS[config.dataset]
-    config.z_dim = config.z_dim or z_dim
-    config.s_dim = config.s_dim or s_dim
-    if config.quick:
-        config.epochs = config.epochs or 2
-        config.steps_per_epoch = config.steps_per_epoch or 150
-    config.epochs = config.epochs or epochs
-    config.learning_rate = config.learning_rate or LEARNING_RATE[config.dataset]
-    config.lr_drop_epoch = config.lr_drop_epoch or max(1, int(round(0.8 * config.epochs)))
-    config.reverse_weight = config.reverse_weight or REVERSE_WEIGHT[config.reverse_mode]
-    if config.reconstruction == "auto":
-        config.reconstruction = "bernoulli" if config.dataset == "dsprites" else "mse"
-    return config
-
-
 def main(argv=None):
-    config = resolve(common.parse_config(Config, argv, description=__doc__))
+    config = common.parse_config(Config, argv, description=__doc__, resolve=resolve)
     common.configure_cpu(one_thread_per_op=True)  # before the first op: see its docstring
-    precision = common.set_precision(config.precision)
+    common.set_precision(config.precision)
     common.set_seed(config.seed)
     try:
-        dataset = data.load_dataset(config.dataset, config.data_dir or None)
+        dataset = data.load_dataset(config.dataset, config.data_dir)
     except data.DataError as error:
         sys.exit(f"error: {error}")
     steps = config.steps_per_epoch or len(dataset.rows("train")) // config.batch_size
-    model = CycleVAE(dataset.image_shape, config.dataset, config.z_dim, config.s_dim, config.reconstruction_weight,
-                     config.kl_weight, config.reverse_weight, config.reverse_mode, config.reference_init, config.seed,
-                     config.reconstruction, config.reverse_loss)
+    model = CycleVAE(
+        dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
+        reconstruction_weight=config.reconstruction_weight, kl_weight=config.kl_weight,
+        reverse_weight=config.reverse_weight, reverse_mode=config.reverse_mode, reference_init=config.reference_init,
+        seed=config.seed, reconstruction=config.reconstruction, reverse_loss=config.reverse_loss)
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         [config.lr_drop_epoch * steps], [config.learning_rate, 0.1 * config.learning_rate])
 
@@ -389,39 +364,16 @@ def main(argv=None):
     model.compile(optimizer=adam(), reverse_optimizer=adam())
     model.build()
 
-    def pipeline(first_epoch=0):
+    def pipeline(first_epoch):
         train = training_data(dataset, config, first_epoch)
         # With --steps-per-epoch each pass over the data draws new pairs and fit() cuts it into short epochs.
         return train.repeat() if config.steps_per_epoch else train
 
-    if config.benchmark:
-        print(f"cycle_vae on {config.dataset}: batch {config.batch_size}, z {config.z_dim}, s {config.s_dim}, "
-              f"{config.reverse_mode} reverse cycle, precision {precision}")
-        common.benchmark_training(model, pipeline(), images_per_step=4 * config.batch_size)
-        return
-    run_dir = common.prepare_run_dir(config, script="cycle_vae", name=config.dataset, argv=argv)
-    train = pipeline(common.completed_epochs(run_dir))  # 0 for a new run: it has no backup yet
-    test_images = np.stack([dataset.images[i] for i in _grid_rows(dataset)]).astype(np.float32) / 255.0
-    callbacks = common.training_callbacks(run_dir, image_grid_fn=lambda m: common.tile_images(common.swap_grid(m, test_images)),
-                                          grid_every=config.grid_every)
-    print(f"training cycle_vae on {config.dataset} in {run_dir} ({config.epochs} epochs x {steps} steps, "
-          f"precision {precision})", flush=True)
-    started = time.time()
-    try:
-        # shuffle=False: the tf.data pipeline already shuffles; fit() ignores shuffle on a Dataset, but
-        # its default shuffle=True made Keras print a warning at the start of every run.
-        model.fit(train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch or None, shuffle=False,
-                  callbacks=callbacks, verbose=2 if not sys.stdout.isatty() else 1)
-    except common.TrainingDiverged as error:
-        sys.exit(f"error: {error}")
-    common.save_model(model, run_dir / "model.keras")
-    print(f"trained in {(time.time() - started) / 60:.1f} min (this process; {common.training_minutes(run_dir):.1f} min "
-          f"over all epochs in log.csv); model saved to {run_dir / 'model.keras'}")
-    if config.evaluate:
-        import eval_latents
-
-        eval_latents.main(["--ckpt", str(run_dir / "model.keras")] + (["--quick"] if config.quick else []) +
-                          (["--data-dir", config.data_dir] if config.data_dir else []))
+    grid_images = np.stack([dataset.images[i] for i in _grid_rows(dataset)]).astype(np.float32) / 255.0
+    common.train(model, config, script="cycle_vae", pipeline=pipeline, steps=steps, argv=argv,
+                 describe=f"z {config.z_dim}, s {config.s_dim}, {config.reverse_mode} reverse cycle",
+                 image_grid_fn=lambda m: common.tile_images(common.swap_grid(m, grid_images)),
+                 images_per_step=4 * config.batch_size)
 
 
 def _grid_rows(dataset, n=8):

@@ -1,6 +1,10 @@
 """cycle_vae.py and the core of eval_latents.py: steps, mixed precision, save/load, resume, evaluation, CLI errors."""
 import json
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -12,12 +16,12 @@ import cycle_vae
 import data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def make_model(dataset, reverse_mode="joint", z_dim=16, s_dim=16, seed=0):
     keras.utils.set_random_seed(seed)
-    model = cycle_vae.CycleVAE(dataset.image_shape, dataset.name, z_dim, s_dim, reverse_mode=reverse_mode, seed=seed)
+    model = cycle_vae.CycleVAE(dataset.image_shape, dataset=dataset.name, z_dim=z_dim, s_dim=s_dim,
+                               reverse_mode=reverse_mode, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8),
                   reverse_optimizer=keras.optimizers.Adam(1e-3, epsilon=1e-8))
     model.build()
@@ -64,7 +68,7 @@ def test_reverse_cycle_only_updates_the_encoder(tiny_mnist):
 
 @pytest.mark.parametrize("reverse_loss", ["l1", "l2"])
 def test_reverse_distance_on_known_means(reverse_loss):
-    model = cycle_vae.CycleVAE((28, 28, 1), "mnist", 2, 2, reverse_loss=reverse_loss)
+    model = cycle_vae.CycleVAE((28, 28, 1), dataset="mnist", z_dim=2, s_dim=2, reverse_loss=reverse_loss)
     first = np.array([[0.0, 1.0], [2.0, -1.0]], np.float32)
     second = np.array([[1.0, 1.0], [-1.0, 1.0]], np.float32)  # differences 1, 0 / 3, 2
     prior = np.array([[0.0, 1.0], [2.0, -1.0]], np.float32)  # recovered exactly by the first half
@@ -73,7 +77,7 @@ def test_reverse_distance_on_known_means(reverse_loss):
     np.testing.assert_allclose(float(reverse), expected, rtol=1e-6)
     np.testing.assert_allclose(float(recovery), (1 + 0 + 3 + 2) / 8, rtol=1e-6)
     with pytest.raises(ValueError, match="reverse_loss"):
-        cycle_vae.CycleVAE((28, 28, 1), "mnist", 2, 2, reverse_loss="huber")
+        cycle_vae.CycleVAE((28, 28, 1), dataset="mnist", z_dim=2, s_dim=2, reverse_loss="huber")
 
 
 def test_reverse_cycle_pairs_differ_in_class(tiny_mnist):
@@ -87,7 +91,7 @@ def test_reverse_cycle_pairs_differ_in_class(tiny_mnist):
 def _update_size(dataset, batch, policy, reverse_mode):
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
-    model = cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16, reverse_mode=reverse_mode)
+    model = cycle_vae.CycleVAE(dataset.image_shape, dataset="mnist", z_dim=16, s_dim=16, reverse_mode=reverse_mode)
     # SGD makes a missing loss scale visible: its step is proportional to the gradient. In the separate mode
     # the second optimizer must be wrapped and scaled too, or the encoder's reverse step would vanish.
     model.compile(optimizer=keras.optimizers.SGD(0.1), reverse_optimizer=keras.optimizers.SGD(0.1))
@@ -138,7 +142,8 @@ def test_save_load_gives_identical_codes(tiny_mnist, tmp_path, monkeypatch):
 def test_bernoulli_swap_error_is_the_cross_entropy_of_the_swapped_decoding(tiny_mnist, monkeypatch):
     _, dataset = tiny_mnist
     keras.utils.set_random_seed(0)
-    model = cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16, reverse_mode="joint", reconstruction="bernoulli")
+    model = cycle_vae.CycleVAE(dataset.image_shape, dataset="mnist", z_dim=16, s_dim=16, reverse_mode="joint",
+                               reconstruction="bernoulli")
     model.build()
     # No posterior noise: z = z_mean, so the expected value can be computed from the networks directly.
     monkeypatch.setattr(cycle_vae.keras.random, "normal", lambda shape, seed=None, **kw: tf.zeros(shape))
@@ -155,7 +160,7 @@ def test_bernoulli_swap_error_is_the_cross_entropy_of_the_swapped_decoding(tiny_
     assert cycle_vae.resolve(cycle_vae.Config(dataset="dsprites")).reconstruction == "bernoulli"
     assert cycle_vae.resolve(cycle_vae.Config(dataset="mnist")).reconstruction == "mse"
     with pytest.raises(ValueError, match="reconstruction"):
-        cycle_vae.CycleVAE(dataset.image_shape, "mnist", 16, 16, reconstruction="l1")
+        cycle_vae.CycleVAE(dataset.image_shape, dataset="mnist", z_dim=16, s_dim=16, reconstruction="l1")
 
 
 def test_train_resume_and_evaluate_end_to_end(tiny_mnist, tmp_path, run_script):
@@ -219,18 +224,57 @@ def test_cli_rejects_bad_flags(tmp_path, run_script):
     assert result.returncode == 2 and "--reverse-mode" in result.stderr
 
 
-@pytest.mark.parametrize("flags, named", [(["--adam-epsilon", "0"], "--adam-epsilon"),
-                                          (["--kl-weight", "-1"], "--kl-weight")])
+@pytest.mark.parametrize("flags, named", [
+    (["--adam-epsilon", "0"], "--adam-epsilon"), (["--kl-weight", "-1"], "--kl-weight"),
+    (["--epochs", "-1"], "--epochs"), (["--batch-size", "0"], "--batch-size"), (["--z-dim", "-3"], "--z-dim"),
+    (["--s-dim", "-2"], "--s-dim"), (["--steps-per-epoch", "-5"], "--steps-per-epoch"),
+    (["--grid-every", "0"], "--grid-every"), (["--learning-rate", "0"], "--learning-rate")])
 def test_config_rejects_values_out_of_range(flags, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        common.parse_config(cycle_vae.Config, flags)
+        common.parse_config(cycle_vae.Config, flags, resolve=cycle_vae.resolve)
     assert exit_info.value.code == 2 and named in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not here")
-def test_short_real_run_lowers_the_loss(monkeypatch):
-    monkeypatch.setenv(data.OFFLINE_ENV, "1")
-    dataset = data.load_mnist(SHARED)
+def parse(*flags):
+    return common.parse_config(cycle_vae.Config, list(flags), resolve=cycle_vae.resolve)
+
+
+def test_unset_settings_resolve_per_dataset_and_mode_and_explicit_values_are_kept():
+    mnist, sprites = parse(), parse("--dataset", "sprites")
+    assert (mnist.z_dim, mnist.s_dim, mnist.epochs, mnist.learning_rate) == (16, 16, 100, 1e-4)
+    assert (sprites.z_dim, sprites.s_dim, sprites.epochs) == (512, 64, 16)
+    assert mnist.lr_drop_epoch == 80 and mnist.steps_per_epoch is None and mnist.reverse_weight == 10.0
+    assert parse("--reverse-mode", "joint").reverse_weight == 0.1
+    # An explicit 0 is a value, not "the default": it must reach the model as 0.
+    assert parse("--reverse-weight", "0", "--reverse-mode", "joint").reverse_weight == 0.0
+    assert parse("--reverse-weight", "0").reverse_weight == 0.0
+    quick = parse("--quick")
+    assert (quick.epochs, quick.steps_per_epoch, quick.learning_rate) == (2, 600, 1e-3)
+    mixed = parse("--quick", "--epochs", "5", "--learning-rate", "1e-4")
+    assert (mixed.epochs, mixed.steps_per_epoch, mixed.learning_rate, mixed.lr_drop_epoch) == (5, 600, 1e-4, 4)
+
+
+@pytest.mark.slow
+def test_a_script_copied_with_data_and_common_alone_trains_and_skips_evaluation(tiny_mnist, tmp_path, run_script):
+    # A researcher copies cycle_vae.py, data.py and common.py into a project of their own, without the evaluation.
+    root, _ = tiny_mnist
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("cycle_vae.py", "data.py", "common.py"):
+        shutil.copy(ROOT / name, project / name)
+    result = subprocess.run([sys.executable, "cycle_vae.py", "--data-dir", str(root), "--epochs", "1",
+                             "--batch-size", "32", "--out", "run"], cwd=project, capture_output=True, text=True,
+                            env={**os.environ, data.OFFLINE_ENV: "1", "PYTHONPATH": ""}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (project / "run" / "model.keras").is_file()
+    assert "Traceback" not in result.stderr and "ImportError" not in result.stderr
+    hints = [line for line in result.stdout.splitlines() if line.startswith("Evaluation skipped")]
+    assert len(hints) == 1 and "eval_latents.py --ckpt" in hints[0]
+
+
+@pytest.mark.slow
+def test_short_real_run_lowers_the_loss(shared_data, offline):
+    dataset = data.load_mnist(shared_data)
     model = make_model(dataset)
     train = cycle_vae.training_data(dataset, cycle_vae.Config(batch_size=64))
     history = model.fit(train, epochs=2, steps_per_epoch=40, shuffle=False, verbose=0)
