@@ -545,7 +545,7 @@ class EpochTimer(keras.callbacks.Callback):
     """Adds the epoch's wall-clock seconds to its logs as `time/epoch_seconds` (so log.csv keeps them).
 
     Keep it first in the callback list: the callbacks after it receive the same logs dict. The sum over log.csv
-    is the training time of a run, also of one resumed across sessions (training_minutes).
+    is the training time of a run, also of one resumed after an interruption (training_minutes).
     """
 
     def on_epoch_begin(self, epoch, logs=None):

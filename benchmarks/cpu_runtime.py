@@ -1,8 +1,8 @@
 """Time the model scripts' `--benchmark` under TensorFlow CPU runtime settings, side by side in one run.
 
-    python benchmarks/cpu_runtime.py --data-dir ../shared/data --rounds 3
-    python benchmarks/cpu_runtime.py --data-dir ../shared/data --torch-python /tmp/torch/bin/python
-    python benchmarks/cpu_runtime.py --data-dir ../shared/data --only "cycle-VAE Sprites"   # names holding it
+    python benchmarks/cpu_runtime.py --data-dir DATA_DIR --rounds 3
+    python benchmarks/cpu_runtime.py --data-dir DATA_DIR --torch-python /tmp/torch/bin/python
+    python benchmarks/cpu_runtime.py --data-dir DATA_DIR --only "cycle-VAE Sprites"   # names holding it
 
 Each setting is one environment for a fresh process of `cycle_vae.py --dataset mnist --benchmark` or
 `beta_vae.py --benchmark` (dSprites conv net): TensorFlow's default CPU allocator against the BFC allocator that

@@ -1,7 +1,7 @@
 """Time the PyTorch reference cycle-VAE training step on MNIST shapes, for the side-by-side speed comparison.
 
 This re-creates, in plain PyTorch, the network and the per-iteration work of the public reference
-implementation (ananyahjha93/cycle-consistent-vae, as described in ../shared/docs/models.md Sec. 1 and 5), so
+implementation (ananyahjha93/cycle-consistent-vae; docs/methods.md Sec. 1 and 3), so
 that `python cycle_vae.py --dataset mnist --benchmark` can be compared with it on the same machine:
 
   forward cycle: encoder on two same-class batches of 64, swap-decode, SSE + KL, Adam step on encoder + decoder;
