@@ -13,6 +13,10 @@ as `tf.data` pipelines yielding dicts of float32 images in [0, 1]:
 Partners and groups are drawn afresh every epoch (the public PyTorch references wrap their loader in
 `itertools.cycle`, which freezes the first epoch's pairs; we deliberately do not).
 
+A `Dataset` also tells an evaluation what it needs to know about the data: the probe targets (`label_columns`), the
+ones the class fixes (`specified_targets`), the label the splits keep apart (`split_label`), the t-SNE colourings
+and the labels saved with the codes.
+
 Data directory: `--data-dir DIR`, else $DISENTANGLE_DATA_DIR, else ~/.cache/disentangle (or $XDG_CACHE_HOME).
 Inside it: `mnist/` (the four idx .gz files), `dsprites/` (the original npz) and `sprites/` (the extracted
 `nips2015-analogy-data` folder, its tarball, or the compact `sprites_imgs_uint8.npy.xz` copy). Missing files are
@@ -45,6 +49,11 @@ import zlib
 import numpy as np
 
 DATASETS = ("mnist", "sprites", "dsprites")
+# Per dataset, the targets that colour the t-SNE plots of the codes and the labels saved with the codes.
+TSNE_COLOURINGS = {"mnist": ("digit",), "sprites": ("body", "hair", "action", "direction"),
+                   "dsprites": ("shape", "scale", "posX")}
+SAVED_LABELS = {"mnist": ("digit",), "sprites": ("identity", "attributes", "action", "direction", "frame"),
+                "dsprites": ("factors",)}
 DATA_DIR_ENV = "DISENTANGLE_DATA_DIR"
 OFFLINE_ENV = "DISENTANGLE_OFFLINE"  # set to 1 to never try a download
 
@@ -94,6 +103,45 @@ class Dataset:
         rows = self.rows(split)
         return FactorIndex(self.labels["factors"][rows], self.factor_sizes, rows)
 
+    # What an evaluation needs to know about the dataset (docs/evaluation.md Sec. 1-2). It asks these methods, so
+    # that a new dataset is described here, beside its loader, and nowhere else.
+
+    def label_columns(self):
+        """The probe targets as name -> per-row integer labels over the whole dataset.
+
+        MNIST: the digit. Sprites: the 7 attributes (ATTRIBUTES), action, direction and identity. dSprites: each
+        ground-truth factor."""
+        if self.name == "mnist":
+            return {"digit": self.labels["digit"]}
+        if self.name == "sprites":
+            columns = {name: self.labels["attributes"][:, k] for k, name in enumerate(ATTRIBUTES)}
+            columns.update(action=self.labels["action"], direction=self.labels["direction"],
+                           identity=self.labels["identity"])
+            return columns
+        return {name: self.labels["factors"][:, k] for k, name in enumerate(self.factor_names)}
+
+    def specified_targets(self):
+        """The targets that only the specified code s should carry: what two images of the same class share.
+
+        The class label itself, and on Sprites also the 7 attributes, which the identity fixes (they come first:
+        the first target's probe split is the one the predictor networks use)."""
+        if self.name == "sprites":
+            return list(ATTRIBUTES) + [self.class_label]
+        return [self.class_label]
+
+    def split_label(self):
+        """The label whose classes the splits keep apart (Sprites: identity, by the official identity split), or
+        None where every split holds every class."""
+        return "identity" if self.name == "sprites" else None
+
+    def tsne_colourings(self):
+        """The targets (`label_columns` names) that colour the t-SNE plots of the codes."""
+        return list(TSNE_COLOURINGS[self.name])
+
+    def saved_labels(self):
+        """The label arrays written beside the codes (codes.npz), so that other tools can score the codes."""
+        return list(SAVED_LABELS[self.name])
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data directory, downloads and safe writes
@@ -112,7 +160,7 @@ def resolve_data_dir(data_dir=None):
             if not path.is_dir():
                 raise MissingDataError(
                     f"The data directory {path} (from {origin}) does not exist. Create it, or point {origin} at the "
-                    f"folder that holds mnist/, sprites/ and dsprites/ (for example ../shared/data).")
+                    f"folder that holds mnist/, sprites/ and dsprites/.")
             return path
     path = default_data_dir()
     path.mkdir(parents=True, exist_ok=True)
@@ -158,13 +206,13 @@ def _fetch_missing(files, folder, urls, what, hint, download, validate=None):
             " Downloads are switched off." if not _downloads_allowed(download) else "")
         raise MissingDataError(
             f"{what} not found: expected {', '.join(missing)} in {folder}.{why} {hint} Or pass --data-dir DIR (or set "
-            f"${DATA_DIR_ENV}) to a folder that has them under {folder.name}/, such as ../shared/data.")
+            f"${DATA_DIR_ENV}) to a folder that has them under {folder.name}/.")
     return [folder / f for f in files]
 
 
 def _writable_dir(path):
-    # Folders without any write permission bit (such as ../shared/data) count as read-only even for root, who
-    # could write there anyway: a cache must not be dropped into a shared, read-only copy of the data.
+    # Folders without any write permission bit (such as a shared copy of the data) count as read-only even for
+    # root, who could write there anyway: a cache must not be dropped into a shared, read-only copy of the data.
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not os.stat(existing).st_mode & 0o222 or not os.access(existing, os.W_OK):
         return False
@@ -265,7 +313,7 @@ def _read_dsprites(path):
 
 def load_dsprites(data_dir=None, download=True, class_factor="shape", test_fraction=0.1):
     """dSprites with the five varying factors. Rows are whatever the file holds: never assume row i is the image
-    with mixed-radix index i (the copy in ../shared/data is a real subset of 64,834 rows)."""
+    with mixed-radix index i (a copy may hold a real subset of the product)."""
     if class_factor not in DSPRITES_FACTORS:
         raise ValueError(f"unknown dSprites factor {class_factor!r}; choose one of {', '.join(DSPRITES_FACTORS)}")
     folder = resolve_data_dir(data_dir) / "dsprites"
@@ -343,14 +391,14 @@ class FactorIndex:
 
 SPRITES_URL = "http://www.scottreed.info/files/nips2015-analogy-data.tar.gz"
 SPRITES_TARBALL = "nips2015-analogy-data.tar.gz"
-SPRITES_COMPACT = "sprites_imgs_uint8.npy.xz"  # lossless compact copy (../shared/data/sprites)
+SPRITES_COMPACT = "sprites_imgs_uint8.npy.xz"  # lossless compact copy of the frames
 N_CHARACTERS = 672
 FRAMES_PER_ANIMATION = (7,) * 4 + (8,) * 4 + (9,) * 4 + (6,) * 4 + (13,) * 4 + (6,)
 N_FRAMES = sum(FRAMES_PER_ANIMATION)  # 178 frames per character, 21 animations
 ACTIONS = ("spellcast", "thrust", "walk", "slash", "shoot", "hurt")
 DIRECTIONS = ("up", "left", "down", "right")  # the four views of each action, in file order
-# Column meanings are not named in the files; this reading is inferred from rendered characters
-# (see ../shared/data/README.md). Characters 2k and 2k+1 differ only in column 6 (weapon).
+# Column meanings are not named in the files; this reading is inferred from rendered characters.
+# Characters 2k and 2k+1 differ only in column 6 (weapon).
 ATTRIBUTES = ("sex", "body", "armor", "hair", "arm", "greaves", "weapon")
 SPRITES_CACHE_VERSION = 1
 
@@ -474,20 +522,20 @@ def _convert_from_compact(folder, out_path):
         array = np.load(out_path, mmap_mode="r")
     except (lzma.LZMAError, EOFError, ValueError, OSError) as error:
         raise CorruptDataError(f"{folder / SPRITES_COMPACT} cannot be decompressed ({error}); it is probably "
-                               f"truncated. Copy it again from ../shared/data/sprites.")
+                               f"truncated. Copy it again.")
     if array.shape != (N_CHARACTERS, N_FRAMES, 60, 60, 3) or array.dtype != np.uint8:
         raise CorruptDataError(f"{folder / SPRITES_COMPACT} holds {array.shape} {array.dtype}, expected "
                                f"(672, 178, 60, 60, 3) uint8.")
     labels_file = folder / "sprite_large_labels.txt"
     if not labels_file.is_file() or not (folder / "sprites_splits.mat").is_file():
         raise MissingDataError(f"{folder} has {SPRITES_COMPACT} but not sprite_large_labels.txt and "
-                               f"sprites_splits.mat beside it; copy all of ../shared/data/sprites.")
+                               f"sprites_splits.mat beside it; copy the whole sprites/ folder it came from.")
     labels = np.loadtxt(labels_file, delimiter=",", dtype=np.int64).reshape(N_CHARACTERS, 7)
     return labels, read_sprites_splits(folder / "sprites_splits.mat")
 
 
 def sprites_cache_dir(data_dir=None):
-    """<data dir>/sprites/cache, or the per-user cache when the data directory is read-only (../shared/data)."""
+    """<data dir>/sprites/cache, or the per-user cache when the data directory is read-only (a shared copy)."""
     root = resolve_data_dir(data_dir) / "sprites"
     if (root / "cache" / "sprites_meta.npz").is_file() or _writable_dir(root / "cache"):
         return root / "cache"
@@ -568,8 +616,8 @@ def load_sprites(data_dir=None, download=True, include_hurt=False, workers=2):
             raise MissingDataError(
                 f"Reed 2D Sprites not found in {root}.{reason} Put one of these there: the extracted tarball "
                 f"(data/sprites/sprites_0.mat ... sprites_671.mat with sprites_splits.mat), the tarball "
-                f"{SPRITES_TARBALL} itself, or the compact copy ({SPRITES_COMPACT}, sprite_large_labels.txt, "
-                f"sprites_splits.mat from ../shared/data/sprites; `python rebuild_reed_sprites.py {root}` rebuilds "
+                f"{SPRITES_TARBALL} itself, or the compact copy ({SPRITES_COMPACT} with sprite_large_labels.txt and "
+                f"sprites_splits.mat beside it; `python rebuild_reed_sprites.py {root}` rebuilds "
                 f"the .mat layout from it). Or pass --data-dir DIR pointing at a folder with sprites/ inside.")
         convert_sprites(kind, source, cache_dir, workers)
         cached = _read_sprites_cache(cache_dir)

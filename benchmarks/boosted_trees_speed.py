@@ -1,4 +1,4 @@
-"""Time per tree of boosted_trees.GradientBoostedTrees against sklearn's GradientBoostingClassifier, same data.
+"""Time per tree of evaluation/trees.py's GradientBoostedTrees against sklearn's GradientBoostingClassifier, same data.
 
     python benchmarks/boosted_trees_speed.py [--stages 10] [--rows 10000]
 
@@ -16,7 +16,7 @@ import numpy as np
 from sklearn import ensemble
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import boosted_trees  # noqa: E402
+from evaluation import trees  # noqa: E402
 
 
 def code(rows, repeats, seed=0):
@@ -37,16 +37,16 @@ def main():
     warnings.simplefilter("ignore", FutureWarning)
     for name, repeats in (("repeats", True), ("distinct", False)):
         x, y = code(args.rows, repeats)
-        trees = args.stages * len(np.unique(y))
+        num_trees = args.stages * len(np.unique(y))
         start = time.perf_counter()
-        ours = boosted_trees.GradientBoostedTrees(random_state=0, n_estimators=args.stages).fit(x, y)
-        ours_ms = (time.perf_counter() - start) / trees * 1e3
+        ours = trees.GradientBoostedTrees(random_state=0, n_estimators=args.stages).fit(x, y)
+        ours_ms = (time.perf_counter() - start) / num_trees * 1e3
         start = time.perf_counter()
         theirs = ensemble.GradientBoostingClassifier(random_state=0, n_estimators=args.stages).fit(x, y)
-        theirs_ms = (time.perf_counter() - start) / trees * 1e3
+        theirs_ms = (time.perf_counter() - start) / num_trees * 1e3
         identical = (np.array_equal(ours.feature_importances_, theirs.feature_importances_)
                      and np.array_equal(ours.predict(x), theirs.predict(x)))
-        print(f"{name}: {args.rows} rows, {trees} trees: ours {ours_ms:.1f} ms/tree, sklearn {theirs_ms:.1f} "
+        print(f"{name}: {args.rows} rows, {num_trees} trees: ours {ours_ms:.1f} ms/tree, sklearn {theirs_ms:.1f} "
               f"ms/tree ({theirs_ms / ours_ms:.1f}x); importances and predictions bit-identical: {identical}")
 
 

@@ -1,8 +1,8 @@
 """Digit probes on MNIST cycle-VAE checkpoints: s, z mean, z sampled and the means of z's active dimensions.
 
-    python benchmarks/cycle_vae_digit_probes.py --data-dir ../shared/data runs/sw_l1_e8/model.keras [...]
+    python benchmarks/cycle_vae_digit_probes.py --data-dir DIR runs/sw_l1_e8/model.keras [...]
 
-The probes of eval_latents.py (its rows, encoding and `train_probe`; 40 epochs at most, patience 5), without the
+The probes of evaluation/probes.py (its rows, encoding and `train_probe`; 40 epochs at most, patience 5), without the
 rest of its report, so that a sweep of short runs can be scored quickly. Prints one JSON line per checkpoint: the
 total and per-dimension KL of z, the number of active dimensions (KL >= 0.1 nats), the standard deviation across
 images of each inactive dimension's mean, and the MLP and linear test accuracy (%) per code. This is what the
@@ -19,6 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import data  # noqa: E402
 import eval_latents  # noqa: E402
+from evaluation import probes  # noqa: E402
 
 
 def main():
@@ -31,12 +32,12 @@ def main():
         model, _ = common.load_checkpoint(checkpoint)
         config = eval_latents.EvalConfig(ckpt=checkpoint, probe_epochs=40, patience=5)
         rng = np.random.default_rng(0)
-        rows = eval_latents.evaluation_rows(dataset, config, rng)
+        rows = probes.evaluation_rows(dataset, config, rng)
         all_rows = np.concatenate([rows["train"], rows["test"]])
-        codes = eval_latents.encode(model, dataset, all_rows)
-        tasks = eval_latents.probe_tasks(dataset, rows, rng)
+        codes = probes.encode(model, dataset, all_rows)
+        tasks = probes.probe_tasks(dataset, rows, rng)
         digits = dataset.labels["digit"][all_rows].astype(np.int64)
-        stats = eval_latents.dimension_statistics(codes["z_mean"], codes["z_logvar"], config.active_kl)
+        stats = probes.dimension_statistics(codes["z_mean"], codes["z_logvar"], config.active_kl)
         active = np.array(stats["active"])
         noise = rng.standard_normal(codes["z_mean"].shape).astype(np.float32)
         representations = {"s": codes["s"], "z_mean": codes["z_mean"],
@@ -50,7 +51,7 @@ def main():
             if codes_of.shape[1] == 0:
                 continue
             for kind in ("mlp", "linear"):
-                accuracy = eval_latents.train_probe(kind, codes_of, digits, tasks["digit"], config, 0)["test"]
+                accuracy = probes.train_probe(kind, codes_of, digits, tasks["digit"], config, 0)["test"]
                 result[f"{name}/{kind}"] = round(100 * accuracy, 1)
         print(checkpoint, json.dumps(result), flush=True)
 

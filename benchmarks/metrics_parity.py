@@ -1,4 +1,4 @@
-"""Parity and speed of disentanglement_metrics.py against disentanglement_lib's own metric code.
+"""Parity and speed of evaluation/metrics.py against disentanglement_lib's own metric code.
 
     PYTHONPATH=DIR_WITH_GIN python benchmarks/metrics_parity.py --reference SRC --make-arrays DIR
     PYTHONPATH=DIR_WITH_GIN python benchmarks/metrics_parity.py --reference SRC --codes DIR/*.npz [--json OUT]
@@ -41,7 +41,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import disentanglement_metrics as dm  # noqa: E402
+from evaluation import metrics, sampling  # noqa: E402
 
 SIZES = (3, 6, 10, 8, 16)
 DSPRITES_SIZES = (3, 6, 40, 32, 32)
@@ -132,13 +132,19 @@ def load_reference(source):
     sys.modules["gin.tf"] = gin.tf = types.ModuleType("gin.tf")
     sys.path.insert(0, str(source))
     from disentanglement_lib.data.ground_truth import ground_truth_data
-    from disentanglement_lib.evaluation.metrics import (beta_vae, dci, factor_vae, mig,
-                                                        modularity_explicitness, sap_score,
-                                                        unsupervised_metrics)
+    from disentanglement_lib.evaluation.metrics import (
+        beta_vae,
+        dci,
+        factor_vae,
+        mig,
+        modularity_explicitness,
+        sap_score,
+        unsupervised_metrics,
+    )
     # The study's gin bindings for what the metric functions do not take as arguments.
     gin.parse_config(["discretizer.discretizer_fn = @histogram_discretizer", "discretizer.num_bins = 20",
                       "prune_dims.threshold = 0.05"])
-    study = dm.STUDY_SETTINGS
+    study = metrics.STUDY_SETTINGS
     functions = {
         "beta_vae": lambda data, represent, rs: beta_vae.compute_beta_vae_sklearn(
             data, represent, rs, **study["beta_vae"]),
@@ -217,12 +223,12 @@ def compare(codes, factors, reference, seed=0, log=print):
     """Every metric, ours then the reference's, alternately; per metric both results and wall times."""
     functions, base = reference
     data = full_product_data(base, factors) if functions else None
-    represent = dm.codes_representation(codes)
-    sampler = dm.FactorSampler(factors)
+    represent = sampling.codes_representation(codes)
+    sampler = sampling.FactorSampler(factors)
     out = {}
-    for name, metric in dm.METRICS.items():
+    for name, metric in metrics.METRICS.items():
         start, start_cpu = time.perf_counter(), cpu_seconds()
-        ours = metric(represent, sampler, seed=seed, **dm.STUDY_SETTINGS[name])
+        ours = metric(represent, sampler, seed=seed, **metrics.STUDY_SETTINGS[name])
         ours_seconds, ours_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
         theirs, theirs_seconds, theirs_cpu = None, None, None
         if functions:

@@ -1,8 +1,8 @@
 """Train and evaluate one model setting under several seeds, then report each seed's scores and their median.
 
     python benchmarks/seed_study.py --out runs/beta16_dsprites_e50 --seeds 0 1 2 \\
-        --eval-args "--data-dir ../shared/data --probe-epochs 20 --patience 5 --tsne-points 3000" \\
-        -- beta_vae.py --data-dir ../shared/data --epochs 50 --beta 16 --no-evaluate
+        --eval-args "--data-dir DIR --probe-epochs 20 --patience 5 --tsne-points 3000" \\
+        -- beta_vae.py --data-dir DIR --epochs 50 --beta 16 --no-evaluate
     python benchmarks/seed_study.py --out runs/beta16_dsprites_e50 --seeds 0 1 2 --summary-only
 
 Everything after `--` is the training command (a model script and its flags, without --seed and --out). Seed N
@@ -12,7 +12,7 @@ evaluation exists is not touched, a seed whose run folder exists is continued wi
 checkpoints every epoch), so a study longer than one sitting can be finished later. Seeds run one after the
 other: on a 2-core CPU two trainings side by side take as long as both in a row.
 
-The summary (printed, and written to <out>_seeds.md and <out>_seeds.json) follows evaluation.md Sec. 6: one row
+The summary (printed, and written to <out>_seeds.md and <out>_seeds.json) follows docs/evaluation.md Sec. 6: one row
 per evaluated seed with the headline scores of the metric suite (`disentanglement` in metrics.json), then the
 mean +- sample standard deviation (ddof 1) and the median over those seeds (the issues' goals are medians). Its
 title says how many seeds it covers, so a partial study is never read as the full one.
@@ -71,7 +71,7 @@ def summarise(out, seeds):
     if not rows:
         sys.exit(f"error: no seed of {out} has been evaluated yet (no {metrics_path(out, seeds[0])}); run the study "
                  "without --summary-only first.")
-    if len(set(presets.values())) > 1:  # evaluation.md Sec. 6: never mix fast-preset and study-size numbers
+    if len(set(presets.values())) > 1:  # docs/evaluation.md Sec. 6: never mix fast-preset and study-size numbers
         sys.exit(f"error: the seeds were scored with different metric presets ({presets}); evaluate them all with the "
                  "same eval_latents.py flags (delete the odd ones' eval/ folders and rerun the study).")
     preset = next(iter(presets.values()))
@@ -126,7 +126,7 @@ def main(argv=None):
     if not args.summary_only:
         if not train_command or not train_command[0].endswith(".py"):
             parser.error("give the training command after --, starting with the model script, e.g. "
-                         "-- beta_vae.py --data-dir ../shared/data --epochs 50 --no-evaluate")
+                         "-- beta_vae.py --data-dir DIR --epochs 50 --no-evaluate")
         if any(sets_study_flag(word) for word in train_command):
             parser.error("leave --seed, --out and --resume out of the training command: the study sets them per seed")
         for seed in args.seeds:

@@ -1,6 +1,6 @@
-"""eval_latents.py on specified/unspecified models with ground-truth factors: the ground-truth swap error and the
-predictor networks on stand-in models whose answer is known, and the whole evaluation of a cycle-VAE trained on a
-dSprites-format fixture (block metrics, leakage, swap error, predictors, figures)."""
+"""The evaluation of specified/unspecified models with ground-truth factors: evaluation/blocks.py's ground-truth swap
+error and predictor networks on stand-in models whose answer is known, and the whole `eval_latents.py --ckpt` of a
+cycle-VAE trained on a dSprites-format fixture (block metrics, leakage, swap error, predictors, figures)."""
 import json
 
 import numpy as np
@@ -8,6 +8,7 @@ import pytest
 
 import data
 import eval_latents
+from evaluation import blocks
 
 
 class LookupModel:
@@ -35,8 +36,8 @@ def test_ground_truth_swap_error_is_zero_for_a_true_swap_and_exposes_an_ignored_
     factors = dataset.labels["factors"].astype(np.float32)
     s_all, z_all = factors[:, :1], factors.copy()  # z holds every factor; the decoder decides which it uses
     test = dataset.rows("all")
-    good, figure = eval_latents.ground_truth_swap_error(LookupModel(dataset), dataset, s_all, z_all, [0], test,
-                                                        np.random.default_rng(0), pairs=400)
+    good, figure = blocks.ground_truth_swap_error(LookupModel(dataset), dataset, s_all, z_all, [0], test,
+                                                  np.random.default_rng(0), pairs=400)
     assert 0.3 < good["coverage"] < 0.9  # the fixture holds half of the product
     assert good["pairs_scored"] == round(good["coverage"] * good["pairs_drawn"])
     assert good["swap"]["iou"] == pytest.approx(1.0) and good["swap"]["mse"] == pytest.approx(0.0)
@@ -44,8 +45,8 @@ def test_ground_truth_swap_error_is_zero_for_a_true_swap_and_exposes_an_ignored_
     assert figure.shape == (5, 8, 64, 64, 1)
     np.testing.assert_array_equal(figure[2], figure[3])  # the swap is the real target image
 
-    bad, _ = eval_latents.ground_truth_swap_error(LookupModel(dataset, ignore_s=True), dataset, s_all, z_all, [0],
-                                                  test, np.random.default_rng(0), pairs=400)
+    bad, _ = blocks.ground_truth_swap_error(LookupModel(dataset, ignore_s=True), dataset, s_all, z_all, [0], test,
+                                            np.random.default_rng(0), pairs=400)
     assert bad["floor"]["iou"] == pytest.approx(1.0)  # reconstructions are still perfect
     assert bad["swap"]["iou"] < 0.6 and bad["swap"]["bce"] > 100 * good["swap"]["bce"] + 100
 
@@ -70,8 +71,8 @@ def test_predictor_networks_separate_independent_from_dependent_blocks(dependent
         z = (s[:, :3] @ np.array([[1.0, 0.5, 0], [0, 1.0, 0.5], [0.5, 0, 1.0]])).astype(np.float32)
     split = (np.arange(0, 2000), np.arange(2000, 2400), np.arange(2400, n))
     config = eval_latents.EvalConfig(probe_epochs=30, patience=5)
-    results, images = eval_latents.predictor_networks(LinearDecoder(3, 4), s, z, split, config,
-                                                      np.random.default_rng(1), lambda message: None, max_images=300)
+    results, images = blocks.predictor_networks(LinearDecoder(3, 4), s, z, split, config, np.random.default_rng(1),
+                                                lambda message: None, max_images=300)
     assert set(images) == {"original", "s->z", "s->z constant", "z->s", "z->s constant"}
     assert images["s->z"].shape == (300, 8, 8, 1)
     if dependent:

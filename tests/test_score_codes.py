@@ -1,15 +1,16 @@
-"""Scoring given codes: disentanglement_metrics.score_codes and `eval_latents.py --codes` (evaluation.md, Sec. 4, 6).
+"""Scoring given codes: evaluation/codes.py's score_codes and `eval_latents.py --codes` (docs/evaluation.md Sec. 4, 6).
 
 The suite runs with the fast preset on a small full factor product, so each call takes a few seconds. The DCI
 examples at the end have answers that follow from the definition (the MIG and FactorVAE ones live in
-test_disentanglement_metrics.py).
+test_metrics.py).
 """
 import json
 
 import numpy as np
 import pytest
 
-import disentanglement_metrics as dm
+from evaluation import codes as scoring
+from evaluation import metrics
 
 HEADLINE_KEYS = {"beta_vae", "factor_vae", "mig", "sap", "modularity", "explicitness", "dci/disentanglement",
                  "dci/completeness", "dci/informativeness"}
@@ -38,28 +39,28 @@ def codes_file(small, tmp_path_factory):
 
 def test_score_codes_on_arrays(small):
     lines = []
-    results = dm.score_codes(*small, seed=0, fast=True, progress=lines.append)
+    results = scoring.score_codes(*small, seed=0, fast=True, progress=lines.append)
     assert set(results["disentanglement"]) == HEADLINE_KEYS
-    assert set(results["seconds"]) == set(dm.METRICS) and len(lines) == len(dm.METRICS)
-    assert results["preset"] == "fast" and results["settings"] == dm.FAST_SETTINGS
+    assert set(results["seconds"]) == set(metrics.METRICS) and len(lines) == len(metrics.METRICS)
+    assert results["preset"] == "fast" and results["settings"] == metrics.FAST_SETTINGS
     scores = results["disentanglement"]
     assert scores["dci/disentanglement"] > 0.8 and scores["factor_vae"] > 0.9 and scores["beta_vae"] > 0.9
 
 
 def test_score_codes_rejects_bad_arrays(small):
     codes, factors = small
-    with pytest.raises(dm.CodesError, match="60 rows but factors has 59"):
-        dm.score_codes(codes, factors[:-1])
-    with pytest.raises(dm.CodesError, match="not whole numbers"):
-        dm.score_codes(codes, factors + 0.5)
-    with pytest.raises(dm.CodesError, match=">= 0"):
-        dm.score_codes(codes, factors - 1)
-    with pytest.raises(dm.CodesError, match="single value"):
-        dm.score_codes(codes, np.hstack([factors, np.zeros((len(factors), 1), int)]))
+    with pytest.raises(scoring.CodesError, match="60 rows but factors has 59"):
+        scoring.score_codes(codes, factors[:-1])
+    with pytest.raises(scoring.CodesError, match="not whole numbers"):
+        scoring.score_codes(codes, factors + 0.5)
+    with pytest.raises(scoring.CodesError, match=">= 0"):
+        scoring.score_codes(codes, factors - 1)
+    with pytest.raises(scoring.CodesError, match="single value"):
+        scoring.score_codes(codes, np.hstack([factors, np.zeros((len(factors), 1), int)]))
     infinite = codes.copy()
     infinite[7, 1] = np.inf
-    with pytest.raises(dm.CodesError, match="row 7"):
-        dm.score_codes(infinite, factors)
+    with pytest.raises(scoring.CodesError, match="row 7"):
+        scoring.score_codes(infinite, factors)
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +74,16 @@ def test_cli_writes_the_results_json(eval_latents, codes_file, tmp_path, capsys)
     written = json.loads(out.read_text())
     assert set(written["disentanglement"]) == HEADLINE_KEYS
     assert all(isinstance(value, float) for value in written["disentanglement"].values())
-    assert set(written["seconds"]) == set(dm.METRICS)
+    assert set(written["seconds"]) == set(metrics.METRICS)
     assert written["seed"] == 3 and written["representation"] == "given codes"
     assert written["config"]["preset"] == "fast"
-    assert written["config"]["settings"]["dci"] == dm.FAST_SETTINGS["dci"]
+    assert written["config"]["settings"]["dci"] == metrics.FAST_SETTINGS["dci"]
     assert written["factors"] == {"names": ["shape", "scale", "position"], "sizes": [3, 4, 5], "num_rows": 60,
                                   "min_group_size": 12, "distinct_combinations": 60, "full_product": True}
     assert {"numpy", "sklearn", "scipy", "python"} <= set(written["versions"])
     assert written["date"] and written["timings"]["total"] > 0
     progress = capsys.readouterr().out
-    assert all(f"[metrics] {name}:" in progress for name in dm.METRICS)
+    assert all(f"[metrics] {name}:" in progress for name in metrics.METRICS)
 
 
 def test_cli_default_output_beside_the_codes(eval_latents, small, tmp_path):
@@ -132,7 +133,7 @@ def test_dci_codes_that_are_the_factors():
     diagonal, so D = C = 1 (up to the 1e-11 the definition adds), and the trees classify perfectly.
     """
     factors = np.repeat(product(3, 4), 8, axis=0)
-    scores = dm.dci_from_codes(factors.astype(float), factors, factors.astype(float), factors, tree_seeds=[0, 1])
+    scores = metrics.dci_from_codes(factors.astype(float), factors, factors.astype(float), factors, tree_seeds=[0, 1])
     np.testing.assert_allclose(scores["importance_matrix"], np.eye(2), atol=1e-12)
     assert scores["disentanglement"] == pytest.approx(1.0, abs=1e-6)
     assert scores["completeness"] == pytest.approx(1.0, abs=1e-6)
@@ -148,7 +149,7 @@ def test_dci_one_code_for_two_factors():
     """
     factors = np.repeat(product(3, 4), 8, axis=0)
     codes = np.stack([4.0 * factors[:, 0] + factors[:, 1], np.full(len(factors), 2.5)], axis=1)
-    scores = dm.dci_from_codes(codes, factors, codes, factors, tree_seeds=[0, 1])
+    scores = metrics.dci_from_codes(codes, factors, codes, factors, tree_seeds=[0, 1])
     np.testing.assert_allclose(scores["importance_matrix"], [[1.0, 1.0], [0.0, 0.0]], atol=1e-12)
     assert scores["disentanglement"] == pytest.approx(0.0, abs=1e-6)
     assert scores["completeness"] == pytest.approx(1.0, abs=1e-6)

@@ -1,4 +1,4 @@
-"""boosted_trees.GradientBoostedTrees against scikit-learn's GradientBoostingClassifier itself.
+"""evaluation/trees.py's GradientBoostedTrees against scikit-learn's GradientBoostingClassifier itself.
 
 DCI's values are sklearn's only if the trees are: these tests fit both on the same data and compare every
 split, importance and prediction bit for bit, on continuous codes with repeated rows (DCI draws its points
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from sklearn import ensemble
 
-import boosted_trees
-import disentanglement_metrics as dm
+from evaluation import metrics, sampling, trees
 
 
 def linear_code(num_rows, factor_sizes, code_dims, seed, repeats=True):
@@ -33,7 +32,7 @@ def test_same_trees_importances_and_predictions_as_sklearn(num_classes, seed):
     codes, factors = linear_code(1200, (num_classes, 4, 5), 6, seed)
     test_codes, _ = linear_code(500, (num_classes, 4, 5), 6, seed + 100)
     labels = factors[:, 0]
-    ours = boosted_trees.GradientBoostedTrees(random_state=seed, n_estimators=30).fit(codes, labels)
+    ours = trees.GradientBoostedTrees(random_state=seed, n_estimators=30).fit(codes, labels)
     theirs = ensemble.GradientBoostingClassifier(random_state=seed, n_estimators=30).fit(codes, labels)
 
     for our_stage, their_stage in zip(ours.trees_, theirs.estimators_):
@@ -56,7 +55,7 @@ def test_repeated_rows_exercise_the_backward_sums():
     codes, factors = linear_code(900, (3, 6), 4, seed=5)
     codes = np.repeat(codes[:300], 3, axis=0)  # every row three times: long runs of tied values
     labels = np.repeat(factors[:300, 1], 3)
-    ours = boosted_trees.GradientBoostedTrees(random_state=3, n_estimators=20).fit(codes, labels)
+    ours = trees.GradientBoostedTrees(random_state=3, n_estimators=20).fit(codes, labels)
     theirs = ensemble.GradientBoostingClassifier(random_state=3, n_estimators=20).fit(codes, labels)
     assert np.array_equal(ours.feature_importances_, theirs.feature_importances_)
     assert np.array_equal(ours.predict(codes), theirs.predict(codes))
@@ -80,21 +79,21 @@ def test_partition_matches_sklearns_two_pointer_loop():
         samples = random_state.permutation(100)[:size]
         goes_left = random_state.rand(size) < random_state.rand()
         expected = two_pointer(samples, goes_left)
-        left, right = boosted_trees._partition(samples, goes_left)
+        left, right = trees._partition(samples, goes_left)
         assert list(left) + list(right) == expected
 
 
 def test_bad_labels_and_features_are_rejected():
     with pytest.raises(ValueError, match="1 class"):
-        boosted_trees.GradientBoostedTrees().fit(np.random.randn(10, 2), np.zeros(10))
+        trees.GradientBoostedTrees().fit(np.random.randn(10, 2), np.zeros(10))
     with pytest.raises(ValueError, match="finite"):
-        boosted_trees.GradientBoostedTrees().fit(np.full((10, 2), np.nan), np.arange(10) % 2)
+        trees.GradientBoostedTrees().fit(np.full((10, 2), np.nan), np.arange(10) % 2)
 
 
 def test_dci_matches_dci_with_sklearns_trees():
     codes, factors = linear_code(800, (3, 5, 4), 5, seed=9)
-    sampler = dm.FactorSampler(factors)
-    represent = dm.codes_representation(codes)
-    ours = dm.dci(represent, sampler, seed=1, num_train=400, num_test=200, n_jobs=1)
-    theirs = dm.dci(represent, sampler, seed=1, num_train=400, num_test=200, n_jobs=1, sklearn_trees=True)
+    sampler = sampling.FactorSampler(factors)
+    represent = sampling.codes_representation(codes)
+    ours = metrics.dci(represent, sampler, seed=1, num_train=400, num_test=200, n_jobs=1)
+    theirs = metrics.dci(represent, sampler, seed=1, num_train=400, num_test=200, n_jobs=1, sklearn_trees=True)
     assert ours == theirs

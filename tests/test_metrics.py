@@ -1,4 +1,4 @@
-"""Calibration tests of disentanglement_metrics.py: scores known by construction (evaluation.md, Sec. 4).
+"""Calibration tests of evaluation/metrics.py: scores known by construction (docs/evaluation.md Sec. 4).
 
 Fixture as in disentanglement_lib's metric tests: 10 factors with values 1..10 used directly as the code. Unlike
 the library's infinite dummy data, the fixture is a finite dataset (3,000 random rows, a subset of the 10^10
@@ -9,7 +9,7 @@ and the even-split completeness is 1 - ln2/ln10, the library's own target).
 import numpy as np
 import pytest
 
-import disentanglement_metrics as dm
+from evaluation import metrics, sampling
 
 SMALL = {  # sizes for the tests: the study defaults (10,000 points) would take minutes
     "beta_vae": {"num_train": 500, "num_eval": 500, "batch_size": 16},
@@ -26,7 +26,7 @@ def make_factors(num_rows, num_factors, num_values, seed):
 
 
 def ground_truth(factors):
-    return dm.codes_representation(factors.astype(np.float64))
+    return sampling.codes_representation(factors.astype(np.float64))
 
 
 def zero_code(factors):
@@ -34,7 +34,7 @@ def zero_code(factors):
 
 
 def duplicated(factors):
-    return dm.codes_representation(np.hstack([factors, factors]).astype(np.float64))
+    return sampling.codes_representation(np.hstack([factors, factors]).astype(np.float64))
 
 
 def permuted(factors, seed=5):
@@ -47,18 +47,18 @@ def rotated(factors, seed=1):
     """Standardised factors times a random orthogonal matrix: all information kept, every dim mixes all factors."""
     rotation, _ = np.linalg.qr(np.random.RandomState(seed).randn(factors.shape[1], factors.shape[1]))
     standard = (factors - factors.mean(axis=0)) / factors.std(axis=0)
-    return dm.codes_representation(standard @ rotation)
+    return sampling.codes_representation(standard @ rotation)
 
 
 def headline_scores(represent, sampler):
     """The cheap metrics at test sizes (DCI separately, on the small fixture)."""
-    modularity_explicitness = dm.modularity_explicitness(represent, sampler, **SMALL["modularity_explicitness"])
+    modularity_explicitness = metrics.modularity_explicitness(represent, sampler, **SMALL["modularity_explicitness"])
     return {
-        "beta_vae": dm.beta_vae_score(represent, sampler, **SMALL["beta_vae"])["eval_accuracy"],
-        "factor_vae": dm.factor_vae_score(represent, sampler, **SMALL["factor_vae"])["eval_accuracy"],
-        "mig": dm.mig(represent, sampler, **SMALL["mig"])["discrete_mig"],
-        "sap_continuous": dm.sap(represent, sampler, continuous_factors=True, **SMALL["sap"])["SAP_score"],
-        "sap_discrete": dm.sap(represent, sampler, **SMALL["sap"])["SAP_score"],
+        "beta_vae": metrics.beta_vae_score(represent, sampler, **SMALL["beta_vae"])["eval_accuracy"],
+        "factor_vae": metrics.factor_vae_score(represent, sampler, **SMALL["factor_vae"])["eval_accuracy"],
+        "mig": metrics.mig(represent, sampler, **SMALL["mig"])["discrete_mig"],
+        "sap_continuous": metrics.sap(represent, sampler, continuous_factors=True, **SMALL["sap"])["SAP_score"],
+        "sap_discrete": metrics.sap(represent, sampler, **SMALL["sap"])["SAP_score"],
         "modularity": modularity_explicitness["modularity_score"],
         "explicitness": modularity_explicitness["explicitness_score_test"],
     }
@@ -71,7 +71,7 @@ def factors():
 
 @pytest.fixture(scope="module")
 def sampler(factors):
-    return dm.FactorSampler(factors)
+    return sampling.FactorSampler(factors)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def small_factors():
 
 @pytest.fixture(scope="module")
 def small_sampler(small_factors):
-    return dm.FactorSampler(small_factors)
+    return sampling.FactorSampler(small_factors)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def subset_factors():
 
 
 def test_sampler_index_lists(subset_factors):
-    sampler = dm.FactorSampler(subset_factors)
+    sampler = sampling.FactorSampler(subset_factors)
     for k in range(3):
         everything = np.concatenate(sampler.rows[k])
         assert np.array_equal(np.sort(everything), np.arange(len(subset_factors)))  # a partition of the rows
@@ -116,7 +116,7 @@ def test_sampler_index_lists(subset_factors):
 
 
 def test_sampler_never_leaves_the_data_and_fixes_the_factor(subset_factors):
-    sampler = dm.FactorSampler(subset_factors)
+    sampler = sampling.FactorSampler(subset_factors)
     present = {tuple(row) for row in subset_factors}
     random_state = np.random.RandomState(0)
     anchors = sampler.sample(5000, random_state)
@@ -139,7 +139,7 @@ def test_sampler_never_leaves_the_data_and_fixes_the_factor(subset_factors):
 
 def test_sampler_draws_the_conditional_distribution(subset_factors):
     """Partners with factor k fixed are uniform over rows[k][v], so their other factors follow the data."""
-    sampler = dm.FactorSampler(subset_factors)
+    sampler = sampling.FactorSampler(subset_factors)
     random_state = np.random.RandomState(3)
     group = sampler.rows[2][1]
     partners = sampler.draw_matching(np.repeat(group[:1], 20000), 2, random_state)
@@ -150,14 +150,14 @@ def test_sampler_draws_the_conditional_distribution(subset_factors):
 
 def test_factor_vae_batches_fix_one_factor(subset_factors):
     """End to end: every batch of a FactorVAE vote shares one factor's value and consists of existing rows."""
-    sampler = dm.FactorSampler(subset_factors)
+    sampler = sampling.FactorSampler(subset_factors)
     requested = []
 
     def spy(rows):
         requested.append(np.array(rows))
         return subset_factors[rows].astype(np.float64)
 
-    dm.factor_vae_score(spy, sampler, num_variance_estimate=200, num_train=50, num_eval=30, batch_size=8)
+    metrics.factor_vae_score(spy, sampler, num_variance_estimate=200, num_train=50, num_eval=30, batch_size=8)
     batches = np.concatenate(requested[1:]).reshape(-1, 8)  # the first call is the variance estimate
     assert len(batches) == 80
     shares = np.array([[len(np.unique(subset_factors[b, k])) == 1 for k in range(3)] for b in batches])
@@ -166,17 +166,17 @@ def test_factor_vae_batches_fix_one_factor(subset_factors):
 
 def test_sampler_rejects_bad_factors():
     with pytest.raises(ValueError, match="single value"):
-        dm.FactorSampler(np.array([[0, 1], [0, 2]]))
+        sampling.FactorSampler(np.array([[0, 1], [0, 2]]))
     with pytest.raises(ValueError, match=">= 0"):
-        dm.FactorSampler(np.array([[-1, 1], [0, 2]]))
+        sampling.FactorSampler(np.array([[-1, 1], [0, 2]]))
     with pytest.raises(ValueError, match="integer"):
-        dm.FactorSampler(np.array([[0.5, 1], [0.0, 2]]))
+        sampling.FactorSampler(np.array([[0.5, 1], [0.0, 2]]))
     with pytest.raises(ValueError, match="len\\(rows\\), D"):
-        dm.mig(lambda rows: np.zeros(len(rows)), dm.FactorSampler(np.array([[0, 1], [1, 0]])), num_train=10)
+        metrics.mig(lambda rows: np.zeros(len(rows)), sampling.FactorSampler(np.array([[0, 1], [1, 0]])), num_train=10)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Calibration (evaluation.md, "Calibration")
+# Calibration (docs/evaluation.md Sec. 4, "Calibration")
 # ---------------------------------------------------------------------------------------------------
 
 def test_ground_truth_scores_high(truth_scores):
@@ -188,7 +188,7 @@ def test_ground_truth_scores_high(truth_scores):
 
 
 def test_ground_truth_dci(factors, sampler):
-    scores = dm.dci(ground_truth(factors), sampler, **SMALL["dci"])
+    scores = metrics.dci(ground_truth(factors), sampler, **SMALL["dci"])
     assert 0.9 <= scores["disentanglement"] <= 1.0
     assert 0.9 <= scores["completeness"] <= 1.0
     assert scores["informativeness_test"] >= 0.9
@@ -200,15 +200,15 @@ def test_zero_code_scores_low(factors, sampler, small_factors, small_sampler):
         assert scores[name] <= 0.2, (name, scores[name])
     assert scores["modularity"] == 0.0
     assert scores["explicitness"] == pytest.approx(0.5)  # constant probabilities: chance ROC-AUC
-    factor_vae = dm.factor_vae_score(zero_code(factors), sampler, **SMALL["factor_vae"])
+    factor_vae = metrics.factor_vae_score(zero_code(factors), sampler, **SMALL["factor_vae"])
     assert factor_vae["num_active_dims"] == 0 and factor_vae["eval_accuracy"] == 0.0
-    dci = dm.dci(zero_code(small_factors), small_sampler, **SMALL["dci"])
+    dci = metrics.dci(zero_code(small_factors), small_sampler, **SMALL["dci"])
     assert dci["disentanglement"] == pytest.approx(0.0, abs=1e-7)
     assert dci["completeness"] == pytest.approx(0.0, abs=1e-7)
 
 
 def test_permuted_factors_dci_low(small_factors, small_sampler):
-    scores = dm.dci(permuted(small_factors), small_sampler, **SMALL["dci"])
+    scores = metrics.dci(permuted(small_factors), small_sampler, **SMALL["dci"])
     assert scores["disentanglement"] <= 0.2
     assert scores["completeness"] <= 0.2
 
@@ -218,7 +218,7 @@ def test_duplicated_code(factors, sampler, small_factors, small_sampler):
     assert scores["mig"] <= 0.1  # the two copies have the same MI: no gap
     assert scores["sap_continuous"] <= 0.2 and scores["sap_discrete"] <= 0.2
     assert 0.9 <= scores["modularity"] <= 1.0  # each copy still carries one factor
-    dci = dm.dci(duplicated(small_factors), small_sampler, **SMALL["dci"])
+    dci = metrics.dci(duplicated(small_factors), small_sampler, **SMALL["dci"])
     assert 0.9 <= dci["disentanglement"] <= 1.0
     assert 0.6 <= dci["completeness"] <= 0.8  # 1 - ln2/ln10 = 0.70 for an even split over the two copies
 
@@ -227,7 +227,7 @@ def test_rotated_factors_score_lower(factors, sampler, truth_scores, small_facto
     scores = headline_scores(rotated(factors), sampler)
     for name in ("beta_vae", "factor_vae", "mig", "sap_continuous", "modularity"):
         assert scores[name] < truth_scores[name] - 0.1, (name, scores[name], truth_scores[name])
-    dci = dm.dci(rotated(small_factors), small_sampler, **SMALL["dci"])
+    dci = metrics.dci(rotated(small_factors), small_sampler, **SMALL["dci"])
     assert dci["disentanglement"] < 0.5 and dci["completeness"] < 0.5
     assert dci["informativeness_train"] >= 0.9  # the information is all there, only spread over dims
 
@@ -238,19 +238,19 @@ def test_rotated_factors_score_lower(factors, sampler, truth_scores, small_facto
 
 def test_dci_importance_matrices():
     diagonal = np.diag(5.0 * np.ones(5))
-    assert dm.dci_disentanglement(diagonal) == pytest.approx(1.0)
-    assert dm.dci_completeness(diagonal) == pytest.approx(1.0)
+    assert metrics.dci_disentanglement(diagonal) == pytest.approx(1.0)
+    assert metrics.dci_completeness(diagonal) == pytest.approx(1.0)
     one_code_two_factors = np.hstack([diagonal, diagonal])  # 5 codes x 10 factors
-    assert dm.dci_disentanglement(one_code_two_factors) == pytest.approx(1 - np.log(2) / np.log(10))
-    assert dm.dci_completeness(one_code_two_factors) == pytest.approx(1.0)
+    assert metrics.dci_disentanglement(one_code_two_factors) == pytest.approx(1 - np.log(2) / np.log(10))
+    assert metrics.dci_completeness(one_code_two_factors) == pytest.approx(1.0)
     two_codes_per_factor = np.vstack([diagonal, diagonal])  # 10 codes x 5 factors
-    assert dm.dci_disentanglement(two_codes_per_factor) == pytest.approx(1.0)
-    assert dm.dci_completeness(two_codes_per_factor) == pytest.approx(1 - np.log(2) / np.log(10))
+    assert metrics.dci_disentanglement(two_codes_per_factor) == pytest.approx(1.0)
+    assert metrics.dci_completeness(two_codes_per_factor) == pytest.approx(1 - np.log(2) / np.log(10))
     zero = np.zeros((10, 10))
-    assert dm.dci_disentanglement(zero) == pytest.approx(0.0, abs=1e-7)
-    assert dm.dci_completeness(zero) == pytest.approx(0.0, abs=1e-7)
+    assert metrics.dci_disentanglement(zero) == pytest.approx(0.0, abs=1e-7)
+    assert metrics.dci_completeness(zero) == pytest.approx(0.0, abs=1e-7)
     # Codes that carry nothing get no weight (library test "diagonal_empty_codes").
-    assert dm.dci_disentanglement(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(1.0)
+    assert metrics.dci_disentanglement(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(1.0)
 
 
 def test_mig_by_hand():
@@ -262,7 +262,7 @@ def test_mig_by_hand():
     a, b = np.array([0, 0, 1, 1] * 25), np.array([0, 1, 0, 1] * 25)
     codes = np.stack([a, a & b], axis=1).astype(np.float64)
     m = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)) - 0.5 * np.log(2)
-    result = dm.mig_from_codes(codes, np.stack([a, b], axis=1))
+    result = metrics.mig_from_codes(codes, np.stack([a, b], axis=1))
     np.testing.assert_allclose(result["discrete_mig_per_factor"], [1 - m / np.log(2), m / np.log(2)])
     assert result["discrete_mig"] == pytest.approx(0.5)
 
@@ -281,13 +281,13 @@ def test_mutual_information_matches_a_contingency_table():
         return np.sum(joint[present] * np.log(joint[present] / outer[present]))
 
     expected = [[plug_in(codes[:, d], factors[:, k]) for k in range(2)] for d in range(2)]
-    np.testing.assert_allclose(dm.discrete_mutual_info(codes, factors), expected, atol=1e-12)
-    np.testing.assert_allclose(dm.discrete_entropy(factors), [plug_in(f, f) for f in factors.T], atol=1e-12)
+    np.testing.assert_allclose(metrics.discrete_mutual_info(codes, factors), expected, atol=1e-12)
+    np.testing.assert_allclose(metrics.discrete_entropy(factors), [plug_in(f, f) for f in factors.T], atol=1e-12)
 
 
 def test_histogram_bins_like_the_library():
     # Edges 0, 1, 2, 3, 4; digitising against all but the last puts the maximum in bin 4, not in a bin 5.
-    binned = dm.histogram_discretize(np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [3.5]]), num_bins=4)
+    binned = metrics.histogram_discretize(np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [3.5]]), num_bins=4)
     assert binned[:, 0].tolist() == [1, 2, 3, 4, 4, 4]
 
 
@@ -296,32 +296,33 @@ def test_factor_vae_by_definition():
     # so every vote is correct; the library would report 3 active dims.
     factors = make_factors(3000, 2, 10, seed=4)
     codes = np.hstack([factors, np.full((3000, 1), 7.0)])
-    scores = dm.factor_vae_score(dm.codes_representation(codes), dm.FactorSampler(factors), **SMALL["factor_vae"])
+    scores = metrics.factor_vae_score(sampling.codes_representation(codes), sampling.FactorSampler(factors),
+                                      **SMALL["factor_vae"])
     assert scores["train_accuracy"] == 1.0 and scores["eval_accuracy"] == 1.0
     assert scores["num_active_dims"] == 2 and scores["num_active_dims_library"] == 3
     # Three factors, codes [f0, f1]: votes with f0 or f1 fixed are always right; votes with f2 fixed land on a
     # dim that the classifier gives to f0 or f1, so they are always wrong. The score is the share of votes
     # that fix f0 or f1: 2/3 up to binomial noise (sd 0.015 for 1,000 votes).
     factors = make_factors(3000, 3, 10, seed=5)
-    scores = dm.factor_vae_score(dm.codes_representation(factors[:, :2].astype(float)), dm.FactorSampler(factors),
-                                 **SMALL["factor_vae"])
+    scores = metrics.factor_vae_score(sampling.codes_representation(factors[:, :2].astype(float)),
+                                      sampling.FactorSampler(factors), **SMALL["factor_vae"])
     assert scores["eval_accuracy"] == pytest.approx(2 / 3, abs=0.05)
     assert scores["train_accuracy"] == pytest.approx(2 / 3, abs=0.05)
 
 
 def test_modularity_by_hand():
     diagonal = np.diag(5.0 * np.ones(5))
-    assert dm.modularity_from_mutual_info(diagonal) == pytest.approx(1.0)
-    assert dm.modularity_from_mutual_info(np.hstack([diagonal, diagonal])) == pytest.approx(1 - 1 / 9)
-    assert dm.modularity_from_mutual_info(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(2 / 3)
-    assert dm.modularity_from_mutual_info(np.zeros((4, 3))) == 0.0
+    assert metrics.modularity_from_mutual_info(diagonal) == pytest.approx(1.0)
+    assert metrics.modularity_from_mutual_info(np.hstack([diagonal, diagonal])) == pytest.approx(1 - 1 / 9)
+    assert metrics.modularity_from_mutual_info(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])) == pytest.approx(2 / 3)
+    assert metrics.modularity_from_mutual_info(np.zeros((4, 3))) == 0.0
 
 
 def test_unsupervised_against_closed_forms():
     random_state = np.random.RandomState(6)
     x, y, z = random_state.randn(3, 5000)
     codes = np.stack([x, 0.6 * x + 0.8 * y, 2.0 * z], axis=1)
-    scores = dm.unsupervised_from_codes(codes)
+    scores = metrics.unsupervised_from_codes(codes)
     covariance = np.cov(codes, rowvar=False)
     correlation = np.corrcoef(codes, rowvar=False)
     # Total correlation of a Gaussian = -1/2 log det(correlation matrix).
@@ -332,7 +333,7 @@ def test_unsupervised_against_closed_forms():
     expected = 2 * np.trace(covariance) - 2 * np.sum(np.sqrt(eigenvalues))
     assert scores["gaussian_wasserstein_correlation"] == pytest.approx(expected, rel=1e-6)
     assert scores["gaussian_wasserstein_correlation_norm"] == pytest.approx(expected / np.trace(covariance))
-    independent = dm.unsupervised_from_codes(random_state.randn(5000, 3))
+    independent = metrics.unsupervised_from_codes(random_state.randn(5000, 3))
     assert independent["gaussian_total_correlation"] < 0.01 and independent["mutual_info_score"] < 0.1
     assert scores["mutual_info_score"] > independent["mutual_info_score"]
 
@@ -342,26 +343,27 @@ def test_unsupervised_against_closed_forms():
 # ---------------------------------------------------------------------------------------------------
 
 def test_dci_parallel_equals_serial(small_factors):
-    sampler = dm.FactorSampler(small_factors[:, :3])
+    sampler = sampling.FactorSampler(small_factors[:, :3])
     represent = duplicated(small_factors[:, :3])  # ties between the copies: the case where seeding matters
-    serial = dm.dci(represent, sampler, num_train=200, num_test=100, n_jobs=1)
-    threads = dm.dci(represent, sampler, num_train=200, num_test=100, n_jobs=2, backend="threading")
-    processes = dm.dci(represent, sampler, num_train=200, num_test=100, n_jobs=2, backend="loky")
+    serial = metrics.dci(represent, sampler, num_train=200, num_test=100, n_jobs=1)
+    threads = metrics.dci(represent, sampler, num_train=200, num_test=100, n_jobs=2, backend="threading")
+    processes = metrics.dci(represent, sampler, num_train=200, num_test=100, n_jobs=2, backend="loky")
     assert serial == threads == processes
 
 
 def test_all_metrics_runs_every_metric():
     factors = make_factors(400, 2, 3, seed=7)
     lines = []
-    results = dm.all_metrics(ground_truth(factors), dm.FactorSampler(factors), seed=0, fast=True,
+    results = metrics.all_metrics(ground_truth(factors), sampling.FactorSampler(factors), seed=0, fast=True,
                              progress=lines.append)
-    assert len(lines) == len(dm.METRICS) and all(line.startswith("[metrics] ") for line in lines)
-    assert set(results["seconds"]) == set(dm.METRICS)
+    assert len(lines) == len(metrics.METRICS) and all(line.startswith("[metrics] ") for line in lines)
+    assert set(results["seconds"]) == set(metrics.METRICS)
     assert set(results["disentanglement"]) == {"beta_vae", "factor_vae", "mig", "sap", "modularity",
                                                "explicitness", "dci/disentanglement", "dci/completeness",
                                                "dci/informativeness"}
     assert results["settings"]["dci"] == {"num_train": 1000, "num_test": 500}
     assert results["disentanglement"]["dci/disentanglement"] > 0.9
     assert results["factor_vae"]["num_active_dims"] == 2
-    again = dm.all_metrics(ground_truth(factors), dm.FactorSampler(factors), seed=0, fast=True, progress=None)
+    again = metrics.all_metrics(ground_truth(factors), sampling.FactorSampler(factors), seed=0, fast=True,
+                                progress=None)
     assert again["disentanglement"] == results["disentanglement"]  # one seed, one answer

@@ -21,11 +21,10 @@ algorithm, split by split, as scikit-learn 1.9 (`sklearn/ensemble/_gb.py`, `skle
 * feature importance is sklearn's weighted impurity decrease, averaged over the trees with a split and
   normalised to sum 1.
 
-The only difference is where the time goes. sklearn re-sorts every feature at every node of every tree (4,300
-trees of 7 nodes for a factor of 16 values alone); here each feature is sorted once per data set, and a node
-hands its children their sorted orders by a stable partition, so one tree costs a few vectorised passes over
-the (features x samples) index array: 8-10 ms per tree on 10,000 rows of 10 dims against sklearn's 27-29 ms
-(benchmarks/boosted_trees_speed.py).
+The only difference is where the time goes. sklearn re-sorts every feature at every node of every tree (one
+tree per class and stage); here each feature is sorted once per data set, and a node hands its children their
+sorted orders by a stable partition, so one tree costs a few vectorised passes over the (features x samples)
+index array. benchmarks/boosted_trees_speed.py times the two on the same data.
 
 Floating point follows sklearn too, because near-ties between candidates (two features that isolate the same
 samples, say) are decided by the last bits: sums are accumulated one sample at a time in sklearn's order (a
@@ -33,7 +32,7 @@ cumulative sum along each feature's sorted order; node totals in the order that 
 leaves the samples, `_partition`; from the end where sklearn's criterion walks back, `_walk_back_where_shorter`).
 The trees, importances and predictions are then bit-identical to sklearn's whenever the order of the samples is
 determined, i.e. unless a feature has tied values that are not repeats of one row (integer factors used as a
-code): sklearn's introsort orders such ties arbitrarily, and the sums follow. tests/test_boosted_trees.py
+code): sklearn's introsort orders such ties arbitrarily, and the sums follow. tests/test_trees.py
 checks every split, threshold, leaf value, importance and prediction against sklearn itself.
 """
 import numpy as np
@@ -95,7 +94,7 @@ def _partition(samples, goes_left):
     with the k-th left sample counted from the back; the samples examined from the back between two such
     trades follow their front partner into the right part; and the untouched right samples at the end of
     the scan are rotated by one as the pointers close in. Returns the left and right samples in their final
-    order (tests/test_boosted_trees.py checks this against the loop itself).
+    order (tests/test_trees.py checks this against the loop itself).
     """
     num_left = int(np.count_nonzero(goes_left))
     front_rights = np.flatnonzero(~goes_left[:num_left])
