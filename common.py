@@ -153,6 +153,10 @@ def build_parser(config_cls, description=None):
     """An ArgumentParser with one --flag-name per field of the dataclass `config_cls`, inherited ones included.
 
     The help text is `field(metadata={"help": ...})` or else the field's trailing `# comment`.
+
+    Why not tyro, which builds a CLI from a dataclass too: it would be a fourth package a copied script needs
+    beside data.py and common.py, and these hundred lines give what the scripts use (the field comments as
+    help, the paper's defaults shown, --flag/--no-flag, argparse's errors with exit code 2) in plain argparse.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     # The script's own fields come first; the shared plumbing follows in a section of its own.
@@ -508,6 +512,11 @@ class NaNGuard(keras.callbacks.Callback):
     Only setting model.stop_training would not do: Keras would still call on_epoch_end of the callbacks after
     this one, and BackupAndRestore would back up the NaN weights. Keep it before the checkpointing callbacks
     (training_callbacks does), since Keras calls callbacks in list order.
+
+    Why not keras.callbacks.TerminateOnNaN(raise_error=True): it watches only the logged `loss` and only after
+    batches, so a non-finite term that the total hides from it (a tracker such as `kl/dim_03`, or a value added
+    at the end of an epoch) would reach the checkpoint, and its bare RuntimeError says nothing about which value
+    failed or which checkpoint survived.
     """
 
     def __init__(self, checkpoint_path=None):

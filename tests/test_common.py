@@ -296,7 +296,8 @@ class Sabotage(keras.callbacks.Callback):
 
 @pytest.mark.parametrize(
     "mode, where, csv_rows",
-    [("batch", "loss became nan at epoch 3, batch 1", 2), ("epoch_end", "val_loss became nan at the end of epoch 3", 3)],
+    [("batch", "loss became nan at epoch 3, batch 1", 2),
+     ("epoch_end", "val_loss became nan at the end of epoch 3", 3)],
 )
 def test_nan_guard_stops_training_and_keeps_the_last_good_checkpoint(mode, where, csv_rows, tmp_path):
     model, (x, y) = tiny_model(), tiny_data()
