@@ -28,7 +28,7 @@ parameterisation, log sigma^2, in both the KL and the sampler, with no clipping 
 Usage:
   python beta_vae.py                                   # beta-VAE (beta 4), Burgess conv net, real dSprites
   python beta_vae.py --objective capacity              # capacity annealing, C 0 -> 25 nats over 100k steps
-  python beta_vae.py --quick                           # a few minutes on a CPU, evaluation included
+  python beta_vae.py --quick                           # a short run and a quick evaluation, to try it
   python beta_vae.py --resume                          # continue the latest interrupted dsprites run
   python eval_latents.py --ckpt runs/beta_vae_dsprites_.../model.keras
 Results: docs/results/beta_vae.md.

@@ -25,7 +25,7 @@ reference replays its first epoch's pairs); Keras' default initialisation (--ref
 instance normalisation identical in training and inference.
 
 Usage:
-  python cycle_vae.py --dataset mnist --quick          # about 2 minutes on a CPU, evaluation included
+  python cycle_vae.py --dataset mnist --quick          # a short run and a quick evaluation, to try it
   python cycle_vae.py --dataset mnist                  # paper settings: 100 epochs, lr 1e-4 (x0.1 at epoch 80)
   python cycle_vae.py --dataset sprites --resume       # continue the latest interrupted sprites run
   python cycle_vae.py --dataset mnist --benchmark      # time training iterations

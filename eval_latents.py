@@ -24,6 +24,7 @@ is the table of contents of `--ckpt`).
 """
 import dataclasses
 import sys
+from typing import Optional
 
 import common
 from evaluation import checkpoint, codes
@@ -31,9 +32,9 @@ from evaluation import checkpoint, codes
 
 @dataclasses.dataclass
 class EvalConfig:
-    ckpt: str = ""  # A model.keras file or its run folder (required).
-    data_dir: str = ""  # Data directory; default the one the model was trained with, else data.py's default.
-    out: str = ""  # Output folder; default <run folder>/eval.
+    ckpt: Optional[str] = None  # A model.keras file or its run folder (this or --codes is required).
+    data_dir: Optional[str] = None  # Data directory; default the one the model was trained with, else data.py's.
+    out: Optional[str] = None  # Output folder; default <run folder>/eval (--codes: FILE.metrics.json).
     seed: int = 0  # Evaluation seed (sampled codes, probe splits, subsets).
     quick: bool = False  # Few probe epochs and t-SNE points: a smoke test, not numbers to report.
     probe_epochs: int = 100  # Maximum probe epochs (docs/evaluation.md Sec. 1).
@@ -42,10 +43,14 @@ class EvalConfig:
     sprites_frames_per_identity: int = 40  # Probe-training frames drawn per train identity on Sprites.
     active_kl: float = 0.1  # A z dimension is active when its mean KL (nats per image) reaches this.
     pixel_cache: bool = True  # Reuse the raw-pixel ceiling row computed with the same data and probe settings.
-    codes: str = ""  # Instead of --ckpt: .npz of codes (N, D) and factors (N, K); runs the metric suite (--out: JSON).
+    codes: Optional[str] = None  # Instead of --ckpt: .npz of codes (N, D) and factors (N, K) for the metric suite.
     fast: bool = False  # With --codes: the fast in-training metric preset (never mix it with full-size numbers).
     swap_pairs: int = 5000  # Test pairs drawn for the ground-truth swap error (data with factors).
     predictors: bool = True  # Train the predictor networks s -> z and z -> s (specified/unspecified models).
+
+    def __post_init__(self):
+        common.check_ranges(self, at_least_one=("probe_epochs", "tsne_points", "sprites_frames_per_identity",
+                                                "swap_pairs"), non_negative=("patience", "active_kl"))
 
 
 def main(argv=None):

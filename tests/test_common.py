@@ -74,7 +74,9 @@ def test_help_lists_every_field_with_default_and_comment(capsys, monkeypatch):
     # Inherited RunConfig fields are there too, with their comments from common.py.
     for flag in ["--seed", "--precision", "--out", "--resume", "--data-dir", "--benchmark"]:
         assert flag in text
-    assert "Run folder; default a new folder under runs/. (default: )" in text
+    # A None default reads as the comment alone: no "(default: None)" after "default a new folder".
+    assert "Run folder; default a new folder runs/<script>_<dataset>_<time>/. --" in text
+    assert "(default: None)" not in text
     assert "run options:" in text
     assert text.index("--learning-rate") < text.index("--seed")  # The script's own fields come first.
 

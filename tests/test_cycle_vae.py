@@ -280,3 +280,15 @@ def test_short_real_run_lowers_the_loss(shared_data, offline):
     history = model.fit(train, epochs=2, steps_per_epoch=40, shuffle=False, verbose=0)
     losses = history.history["loss/forward"]
     assert losses[1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("flags, named", [(["--probe-epochs", "0"], "--probe-epochs"),
+                                          (["--tsne-points", "0"], "--tsne-points"),
+                                          (["--swap-pairs", "0"], "--swap-pairs"),
+                                          (["--patience", "-5"], "--patience")])
+def test_eval_config_rejects_sizes_out_of_range(flags, named, capsys):
+    import eval_latents
+
+    with pytest.raises(SystemExit) as exit_info:
+        common.parse_config(eval_latents.EvalConfig, ["--ckpt", "x", *flags])
+    assert exit_info.value.code == 2 and named in capsys.readouterr().err
