@@ -132,6 +132,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_dsprite
     assert all(np.array_equal(a, b.numpy()) and np.all(np.isfinite(a)) for a, b in zip(saved, kept))
 
 
+@pytest.mark.slow
 def test_capacity_schedule_continues_across_resume_and_evaluation(tiny_dsprites, tmp_path, run_script):
     root, _ = tiny_dsprites
     args = ["--data-dir", str(root), "--batch-size", "16", "--steps-per-epoch", "5", "--objective", "capacity",

@@ -51,6 +51,7 @@ def test_leakage_is_chance_for_noise_and_one_for_a_copy():
     assert leaked["mi_ratio"] > 0.97
 
 
+@pytest.mark.slow
 def test_separated_code_scores_well_and_a_leaky_one_is_caught(factors):
     sampler = sampling.FactorSampler(factors)
     names = ["shape", "a", "b", "c"]
@@ -88,6 +89,7 @@ def test_specified_unspecified_metrics_rejects_empty_blocks(factors):
         blocks.specified_unspecified_metrics(represent, sampler, 5, [0], fast=True, progress=None)
 
 
+@pytest.mark.slow
 def test_data_baseline_exposes_correlation_in_a_subset():
     # Keep only the rows where shape = a mod 3: the other factors then determine shape, and a code that holds
     # them "predicts" shape without any leakage. The data baseline shows that level.

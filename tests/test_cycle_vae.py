@@ -163,6 +163,7 @@ def test_bernoulli_swap_error_is_the_cross_entropy_of_the_swapped_decoding(tiny_
         cycle_vae.CycleVAE(dataset.image_shape, dataset="mnist", z_dim=16, s_dim=16, reconstruction="l1")
 
 
+@pytest.mark.slow
 def test_train_resume_and_evaluate_end_to_end(tiny_mnist, tmp_path, run_script):
     root, _ = tiny_mnist
     common_args = ["--dataset", "mnist", "--data-dir", str(root), "--batch-size", "32", "--steps-per-epoch", "4",

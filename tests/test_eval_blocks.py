@@ -82,6 +82,7 @@ def test_predictor_networks_separate_independent_from_dependent_blocks(dependent
             assert abs(results[name]["r2"]) < 0.05 and 0.85 < results[name]["ratio"] < 1.15, results[name]
 
 
+@pytest.mark.slow
 def test_cycle_vae_on_dsprites_gets_block_metrics_leakage_and_swap_error(tiny_dsprites, tmp_path, run_script):
     root, _ = tiny_dsprites
     trained = run_script("cycle_vae.py", "--dataset", "dsprites", "--data-dir", str(root), "--batch-size", "16",
