@@ -35,7 +35,7 @@ Results: docs/results/beta_vae.md.
 """
 import dataclasses
 import sys
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import common  # First: it keeps TensorFlow's start-up notices quiet.
 import data
@@ -61,6 +61,10 @@ class Config(common.RunConfig):
     grid_every: int = 10  # Write a latent-traversal image every this many epochs.
     quick: bool = False  # A few-minute CPU run (2 short epochs) with a quick evaluation: try it end to end.
     evaluate: bool = True  # Run eval_latents.py on the trained model at the end.
+
+    # What `--resume` may change (more epochs, another learning rate); anything else would not fit the checkpoint.
+    CHANGEABLE_ON_RESUME: ClassVar[tuple] = common.RunConfig.CHANGEABLE_ON_RESUME + (
+        "epochs", "learning_rate", "grid_every", "evaluate")
 
     def __post_init__(self):
         common.check_ranges(
@@ -263,7 +267,7 @@ def traversal_images(model, images):
 
 
 def main(argv=None):
-    config = common.parse_config(Config, argv, description=__doc__, resolve=resolve)
+    config = common.parse_config(Config, argv, description=__doc__, resolve=resolve, script="beta_vae")
     # TensorFlow's default threads (ops split across the cores), not one_thread_per_op: this model is one chain
     # of ops, which would then run on one core.
     common.configure_cpu(one_thread_per_op=False)

@@ -8,7 +8,7 @@ training callbacks, image grids, checkpoints and a training-step benchmark.
     model.fit(dataset, epochs=config.epochs, callbacks=common.training_callbacks(run_dir))
 
 A run folder holds config.json, command.txt, versions.json, log.csv, tensorboard/, backup/ (what
-BackupAndRestore resumes from), model.keras (the last epoch whose logged values were all finite) and
+--resume continues from, RunBackup), model.keras (the last epoch whose logged values were all finite) and
 images/epoch_NNN.png. Epochs in file names and messages count from 1 like the progress bar; log.csv and
 TensorBoard count from 0.
 """
@@ -16,6 +16,7 @@ TensorBoard count from 0.
 import argparse
 import dataclasses
 import datetime
+import errno
 import importlib
 import importlib.metadata
 import importlib.util
@@ -85,6 +86,9 @@ class RunConfig:
     resume: bool = False  # Continue the run in --out, or else the latest matching run under runs/.
     data_dir: typing.Optional[str] = None  # Data directory; default $DISENTANGLE_DATA_DIR, else the cache (data.py).
     benchmark: bool = False  # Time training steps, print ms/iter and images/s, and exit.
+
+    # Fields that `--resume` lets a repeated flag change (common.parse_config); scripts add theirs.
+    CHANGEABLE_ON_RESUME: typing.ClassVar[tuple] = ("data_dir", "benchmark")
 
 
 def _field_comments(config_cls):
@@ -180,19 +184,94 @@ def build_parser(config_cls, description=None):
     return parser
 
 
-def parse_config(config_cls, argv=None, description=None, resolve=None):
+def parse_config(config_cls, argv=None, description=None, resolve=None, script=None):
     """Parse `argv` (default sys.argv[1:]) into a `config_cls` instance, then `resolve(config)` if given.
 
     The one place where a script's settings are checked: a ValueError or TypeError raised by the config's
     __post_init__ or by `resolve` (which fills the None defaults per dataset or mode and checks what depends on
-    them) becomes argparse's message naming the flag, with exit code 2, in every script.
+    them), and a run folder that cannot be used, become argparse's message naming the flag, with exit code 2,
+    before any work starts.
+
+    With --resume (configs with the RunConfig fields), the run's own config.json supplies every setting the
+    command line does not repeat, so `--resume --out DIR` continues the run as it was configured. A flag given
+    explicitly may change only the fields in the config's CHANGEABLE_ON_RESUME (what can change without making
+    the checkpoint meaningless, such as --epochs); any other change is refused. `script` names the run
+    folders' owner (default: the file that defines config_cls).
     """
     parser = build_parser(config_cls, description)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        config = config_from_dict(config_cls, vars(parser.parse_args(argv)))
+        values = vars(parser.parse_args(argv))
+        if values.get("resume"):
+            script = script or pathlib.Path(getattr(sys.modules.get(config_cls.__module__), "__file__", "?")).stem
+            values = _resumed_values(config_cls, values, _explicit_flags(config_cls, argv), script)
+        elif values.get("out"):
+            _check_new_run_dir(pathlib.Path(values["out"]))
+        config = config_from_dict(config_cls, values)
         return resolve(config) if resolve is not None else config
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OSError) as error:
         parser.error(str(error))
+
+
+def _explicit_flags(config_cls, argv):
+    """The fields that `argv` sets explicitly (a repeated default included), with their parsed values."""
+    parser = build_parser(config_cls)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # Fields not on the command line then stay out of the namespace.
+    return vars(parser.parse_args(argv))
+
+
+def _check_new_run_dir(run_dir):
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file, not a folder. Pass a folder for the run (it is created).")
+    if (run_dir / "config.json").exists():
+        raise FileExistsError(
+            f"--out {run_dir} already holds a run ({run_dir / 'config.json'} exists), which will not be "
+            "overwritten. Pass --resume to continue it, or another --out (or none) to start a new run.")
+
+
+def read_run_record(run_dir, script=None):
+    """The config.json of the run in run_dir, checked to exist, to be readable and to belong to `script`."""
+    path = pathlib.Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--resume: there is no run to continue in {run_dir} ({path} does not exist). Pass the folder of an "
+            "earlier run with --out, or drop --resume to start a new run.")
+    try:
+        record = json.loads(path.read_text())
+        record["config"].items()
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} cannot be read as a run record ({type(error).__name__}: {error}). It was "
+                         "damaged or written by hand: restore it from a copy, or start a new run.") from error
+    if script is not None and record.get("script") != script:
+        raise ValueError(f"Cannot resume {run_dir} with {script}: this run folder belongs to "
+                         f"{record.get('script')}. Run {record.get('script')}.py to continue it.")
+    return record
+
+
+def _resumed_values(config_cls, values, explicit, script):
+    """The settings of the run that --resume continues: its config.json, with the explicit flags that may change."""
+    if values.get("out"):
+        run_dir = pathlib.Path(values["out"])
+    else:
+        run_dir = _latest_run_dir(script, explicit.get("dataset"))
+    stored = read_run_record(run_dir, script)["config"]
+    changeable = set(getattr(config_cls, "CHANGEABLE_ON_RESUME", ())) | {"out", "resume"}
+    refused = [name for name, value in explicit.items()
+               if name in stored and name not in changeable and _as_json(value) != _as_json(stored[name])]
+    if refused:
+        flags = ", ".join(f"--{name.replace('_', '-')} {stored[name]!r} -> {explicit[name]!r}" for name in refused)
+        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(changeable - {"out", "resume"}))
+        raise ValueError(
+            f"--resume: {run_dir} was trained with other settings ({flags}); its checkpoint would not mean the "
+            f"same under them. Drop these flags to continue the run as configured (a resume may change {allowed}), "
+            "or start a new run without --resume.")
+    known = {name: value for name, value in stored.items() if name in values}  # Fields this version still has.
+    return {**values, **known, **explicit, "out": str(run_dir), "resume": True}
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, default=str))  # Tuples and lists compare equal, as after config.json.
 
 
 def check_ranges(config, at_least_one=(), positive=(), non_negative=()):
@@ -244,6 +323,10 @@ def set_precision(name):
         else:
             capability = min(detail.get("compute_capability") or (0, 0) for detail in details)
             name = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+    elif name == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+        print("warning: --precision mixed_float16 without a GPU: TensorFlow's CPU kernels emulate float16, so "
+              "training runs many times slower than in float32 (the default on a CPU, --precision auto).",
+              file=sys.stderr, flush=True)
     keras.config.set_dtype_policy(name)
     return name
 
@@ -335,9 +418,10 @@ def _new_run_dir(script, name, now):
             counter += 1
 
 
-def _latest_run_dir(script, name):
-    """The most recent runs/{script}_{name}_{timestamp} folder that holds a config.json."""
-    pattern = re.compile(rf"{re.escape(script)}_{re.escape(name)}_(\d{{8}}-\d{{6}})(?:-(\d+))?")
+def _latest_run_dir(script, name=None):
+    """The most recent runs/{script}_{name}_{timestamp} folder that holds a config.json (any name if None)."""
+    label = re.escape(name) if name else "[A-Za-z0-9]+"
+    pattern = re.compile(rf"{re.escape(script)}_{label}_(\d{{8}}-\d{{6}})(?:-(\d+))?")
     runs, candidates = pathlib.Path("runs"), []
     for path in runs.iterdir() if runs.is_dir() else []:
         match = pattern.fullmatch(path.name)
@@ -345,8 +429,8 @@ def _latest_run_dir(script, name):
             candidates.append((match[1], int(match[2] or 1), path))
     if not candidates:
         raise FileNotFoundError(
-            f"--resume found no earlier run to continue (no folder {runs}/{script}_{name}_* with a config.json). "
-            "Pass the run folder with --out, or drop --resume to start a new run."
+            f"--resume found no earlier run to continue (no folder {runs}/{script}_{name or '*'}_* with a "
+            "config.json). Pass the run folder with --out, or drop --resume to start a new run."
         )
     return max(candidates)[2]
 
@@ -364,26 +448,20 @@ def prepare_run_dir(config, script, name, argv=None):
     else:
         run_dir = _latest_run_dir(script, name) if config.resume else _new_run_dir(script, name, now)
     config_path = run_dir / "config.json"
-    previous = json.loads(config_path.read_text()) if config_path.is_file() else None
-    if previous is not None and not config.resume:
-        raise FileExistsError(
-            f"{run_dir} already holds a run ({config_path} exists), which will not be overwritten. "
-            "Pass --resume to continue it, or another --out (or none) to start a new run."
-        )
-    if previous is not None and previous.get("script") != script:
-        raise ValueError(f"Cannot resume {run_dir} with {script}: this run folder belongs to {previous.get('script')}.")
-    if previous is None and config.resume:
-        raise FileNotFoundError(
-            f"--resume: there is no run to continue in {run_dir} ({config_path} does not exist). "
-            "Pass the folder of an earlier run with --out, or drop --resume to start a new run."
-        )
+    if config.resume:
+        previous = read_run_record(run_dir, script)
+    else:
+        _check_new_run_dir(run_dir)
+        previous = None
     run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, run_dir / "backup"):
+        _remove_stale_temporaries(folder)
 
     timestamp = now.isoformat(timespec="seconds")
     record = {
         "script": script,
         "name": name,
-        "config": {**config_to_dict(config), "out": str(run_dir)},
+        "config": {**config_to_dict(config), "out": str(run_dir), "data_dir": _absolute(config.data_dir)},
         "precision": keras.config.dtype_policy().name,
         "created": timestamp,
     }
@@ -402,19 +480,30 @@ def prepare_run_dir(config, script, name, argv=None):
     return run_dir
 
 
-def completed_epochs(run_dir):
-    """Epochs that the run in run_dir has completed according to its backup (0 for a new run).
+def _absolute(path):
+    """An absolute path, so that an evaluation started elsewhere finds the same folder (None stays None)."""
+    return str(pathlib.Path(path).expanduser().resolve()) if path else path
 
-    fit() restores the same number from the same file; scripts use it to start their data pipelines at the
-    epoch they continue from.
+
+def _remove_stale_temporaries(folder):
+    """Delete the temporary files (_atomic_write's) that a killed process left in `folder`.
+
+    A file whose writer is still running (another process working in the same folder) is left alone.
     """
-    for name in ("training_metadata.json", "training_metadata.json.bkp"):
-        path = pathlib.Path(run_dir) / "backup" / name
-        try:
-            return int(json.loads(path.read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return 0
+    for path in pathlib.Path(folder).glob(".*.tmp-*"):
+        match = re.search(r"\.tmp-(\d+)", path.name)
+        if match and int(match[1]) != os.getpid() and not _process_alive(int(match[1])):
+            path.unlink(missing_ok=True)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # Someone else's process.
+    return True
 
 
 # ---- Image grids ----
@@ -510,7 +599,7 @@ class NaNGuard(keras.callbacks.Callback):
     """Raises TrainingDiverged after the first batch or epoch that logs a NaN or infinite value.
 
     Only setting model.stop_training would not do: Keras would still call on_epoch_end of the callbacks after
-    this one, and BackupAndRestore would back up the NaN weights. Keep it before the checkpointing callbacks
+    this one, and RunBackup would back up the NaN weights. Keep it before the checkpointing callbacks
     (training_callbacks does), since Keras calls callbacks in list order.
 
     Why not keras.callbacks.TerminateOnNaN(raise_error=True): it watches only the logged `loss` and only after
@@ -630,14 +719,15 @@ def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=Tr
     - TensorBoard in run_dir/tensorboard (if installed) and CSVLogger in run_dir/log.csv (appended on resume).
     - NaNGuard (if monitor_nan) raises TrainingDiverged at the first NaN or infinite logged value.
     - LatestCheckpoint saves run_dir/model.keras after every epoch with finite logs.
-    - BackupAndRestore keeps weights, optimizer state and epoch in run_dir/backup and restores them when fit()
+    - RunBackup keeps weights, optimizer state and epoch in run_dir/backup and restores them when fit()
       starts, so rerunning an interrupted script with --resume continues where it stopped. The model must be
       built (called on one batch) before fit(). The backup is kept after a finished run, so a resume with a
-      larger --epochs continues instead of starting over.
+      larger --epochs continues instead of starting over. log.csv loses the rows of epochs after the backup's.
     - ImageGridMonitor (if image_grid_fn is given) saves run_dir/images/epoch_NNN.png every grid_every epochs.
     """
     run_dir = pathlib.Path(run_dir)
     checkpoint_path = run_dir / "model.keras"
+    trim_log(run_dir, find_backup(run_dir)[0])  # Before CSVLogger opens log.csv to append.
     # Order matters: the logs record a diverging epoch before NaNGuard raises, and the guard raises before
     # the checkpoint and the backup could store NaN weights.
     callbacks = [EpochTimer()]
@@ -650,12 +740,149 @@ def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=Tr
     if monitor_nan:
         callbacks.append(NaNGuard(checkpoint_path))
     callbacks.append(LatestCheckpoint(checkpoint_path))
-    # double_checkpoint keeps the previous backup too, so a run killed while writing one can still resume.
-    callbacks.append(keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=False,
-                                                      double_checkpoint=True))
+    backup = RunBackup(run_dir)
+    callbacks.append(backup)
     if image_grid_fn is not None:
         callbacks.append(ImageGridMonitor(image_grid_fn, grid_every, run_dir / "images"))
     return callbacks
+
+
+# ---- Backups that a kill cannot spoil ----
+
+
+class BackupError(RuntimeError):
+    """A backup that exists but cannot be restored into the model; the message says why and what to do."""
+
+
+def _readable_weights(path):
+    """Whether `path` is a complete HDF5 weights file: a kill mid-write leaves one that h5py cannot open."""
+    import h5py  # A Keras dependency; imported here because only resuming needs it.
+
+    try:
+        with h5py.File(path, "r") as file:
+            file.visit(lambda name: None)  # Walks the whole index, which a truncated file lacks.
+        return True
+    except Exception:  # h5py raises OSError, KeyError or RuntimeError depending on where the file was cut.
+        return False
+
+
+def _backup_candidates(backup_dir):
+    """(epoch, weights file) pairs that backup_dir may hold, newest first.
+
+    epoch_NNNN.weights.h5 are RunBackup's files. latest.weights.h5 with training_metadata.json (and their .bkp
+    copies) are what keras.callbacks.BackupAndRestore wrote for runs of earlier versions of these scripts.
+    """
+    backup_dir = pathlib.Path(backup_dir)
+    candidates = []
+    for path in backup_dir.glob("epoch_*.weights.h5"):
+        match = re.fullmatch(r"epoch_(\d+)\.weights\.h5", path.name)
+        if match:
+            candidates.append((int(match[1]), path))
+    for suffix in ("", ".bkp"):
+        weights, record = backup_dir / f"latest.weights.h5{suffix}", backup_dir / f"training_metadata.json{suffix}"
+        try:
+            candidates.append((int(json.loads(record.read_text())["epoch"]), weights))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # No record, or a record a kill cut short: the other copy may do.
+    return sorted(candidates, key=lambda candidate: candidate[0], reverse=True)
+
+
+def find_backup(run_dir, report=None):
+    """(epoch, weights file) of the newest complete backup in run_dir/backup, or (0, None) when there is none.
+
+    A file that cannot be read (a kill or a full disk while an earlier version wrote it in place) is passed
+    over for the one before it, and `report` (e.g. print), if given, is told so.
+    """
+    for epoch, path in _backup_candidates(pathlib.Path(run_dir) / "backup"):
+        if path.is_file() and _readable_weights(path):
+            return epoch, path
+        if report is not None and path.exists():
+            report(f"Skipping {path}: it is not a complete weights file (cut short by an interruption?). "
+                   f"Falling back to an earlier backup.")
+    backup_dir = pathlib.Path(run_dir) / "backup"
+    if report is not None and any(backup_dir.glob("*.weights.h5*")):
+        report(f"Skipping {backup_dir}: it holds no complete backup (the run was interrupted in its first epoch?), "
+               "so training starts from the first epoch.")
+    return 0, None
+
+
+def completed_epochs(run_dir):
+    """Epochs that the run in run_dir has completed according to its backup (0 for a new run).
+
+    fit() restores the same backup (RunBackup); scripts use it to start their data pipelines at the epoch they
+    continue from.
+    """
+    return find_backup(run_dir)[0]
+
+
+class RunBackup(keras.callbacks.Callback):
+    """After every epoch, saves weights and optimizer state to run_dir/backup/epoch_NNNN.weights.h5; when fit()
+    starts, restores the newest complete one and continues with the epoch after it.
+
+    Why not keras.callbacks.BackupAndRestore: it writes its weights file and its epoch record in place (and
+    copies the previous pair, also in place), so a kill or a full disk at the wrong moment leaves a truncated
+    file, and its fallback catches only some of the errors that follow: the run cannot be resumed at all.
+    Here each epoch gets a new file, written under a temporary name and renamed into place (atomic), and its
+    epoch is in its name: whatever moment a kill hits, the newest complete file is a consistent state, so an
+    interrupted run loses at most the epoch it was in. The two newest files are kept.
+    """
+
+    KEEP = 2
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.backup_dir = pathlib.Path(run_dir) / "backup"
+        self.epoch, self.path = find_backup(run_dir, report=print)
+
+    def on_train_begin(self, logs=None):
+        if self.path is None:
+            return
+        if not self.model.built:
+            raise ValueError("Build the model (call it on one batch) before fit(), so that its backup can be "
+                             "restored.")
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        try:
+            self.model.load_weights(self.path)
+        except Exception as error:
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise BackupError(
+                f"The backup {self.path} does not fit this model ({reason}). It belongs to a run configured "
+                "differently: resume with the run's own settings, or start a new run without --resume.") from error
+        self.model._initial_epoch = self.epoch  # How fit() learns where to continue, as in BackupAndRestore.
+        print(f"Restored epoch {self.epoch} from {self.path}.", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = self.backup_dir / f"epoch_{epoch + 1:04d}.weights.h5"
+        # Keras' save_weights insists on the .weights.h5 ending, also for the temporary name.
+        _atomic_write(path, lambda temporary: self.model.save_weights(temporary), suffix=".weights.h5")
+        kept = [p for _, p in _backup_candidates(self.backup_dir) if p.name.startswith("epoch_")][self.KEEP:]
+        for old in kept:
+            old.unlink(missing_ok=True)
+
+
+def trim_log(run_dir, epochs):
+    """Drop the rows of run_dir/log.csv for epochs >= `epochs` (counted from 0, as in the file).
+
+    CSVLogger writes an epoch's row before the backup of that epoch is saved, so a run killed in between (or
+    stopped by a full disk) has a row for an epoch that its resume will train again; without this, log.csv
+    would hold that epoch twice and training_minutes would count it twice.
+    """
+    path = pathlib.Path(run_dir) / "log.csv"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if _log_epoch(line) is not None and _log_epoch(line) < epochs]
+    if len(kept) != len(lines):
+        _atomic_write(path, lambda temporary: temporary.write_text("".join(kept)))
+        print(f"log.csv: dropped {len(lines) - len(kept)} row(s) of epochs after the restored epoch {epochs}.")
+
+
+def _log_epoch(line):
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        return None  # A line a kill cut short.
 
 
 # ---- The end of every script's main() ----
@@ -678,25 +905,52 @@ def train(model, config, *, script, pipeline, steps, describe, image_grid_fn=Non
         return None
     try:
         run_dir = prepare_run_dir(config, script=script, name=config.dataset, argv=argv)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {describe_error(error, 'preparing the run folder')}")
     train_data = pipeline(completed_epochs(run_dir))  # 0 for a new run: it has no backup yet
     callbacks = training_callbacks(run_dir, image_grid_fn=image_grid_fn, grid_every=config.grid_every)
     print(f"training {script} ({describe}) on {config.dataset} in {run_dir} ({config.epochs} epochs x {steps} "
           f"steps, precision {keras.config.dtype_policy().name})", flush=True)
     started = time.time()
+    resume = f"python {script}.py --resume --out {shlex.quote(str(run_dir))}"
     try:
         # shuffle=False: the tf.data pipeline shuffles; fit()'s default would only print a warning on a Dataset.
         model.fit(train_data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
                   callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
-    except TrainingDiverged as error:
+        save_model(model, run_dir / "model.keras")
+    except (TrainingDiverged, BackupError) as error:
         sys.exit(f"error: {error}")
-    save_model(model, run_dir / "model.keras")
+    except OSError as error:
+        sys.exit(f"error: {describe_error(error, 'training')} The run keeps every epoch completed before: "
+                 f"continue it with `{resume}` once that is fixed.")
     print(f"trained in {(time.time() - started) / 60:.1f} min (this process; {training_minutes(run_dir):.1f} min "
           f"over all epochs in log.csv); model saved to {run_dir / 'model.keras'}", flush=True)
     if config.evaluate:
-        evaluate(run_dir, quick=config.quick, data_dir=config.data_dir)
+        try:
+            evaluate(run_dir, quick=config.quick, data_dir=config.data_dir)
+        except OSError as error:
+            sys.exit(f"error: {describe_error(error, 'the evaluation')} The trained model is safe in {run_dir}; "
+                     f"evaluate it with `python eval_latents.py --ckpt {shlex.quote(str(run_dir))} --out DIR`.")
     return run_dir
+
+
+def describe_error(error, doing):
+    """One line for an error of the file system (or a refused setting): what failed, where, and what to do."""
+    if not isinstance(error, OSError) or isinstance(error, FileExistsError | FileNotFoundError) and not error.errno:
+        return str(error)  # Our own messages, which already say what to do.
+    reason = error.strerror or str(error) or type(error).__name__
+    where = f" ({error.filename})" if error.filename else ""
+    number = error.errno
+    if number is None:  # h5py and some libraries put the errno in the text only.
+        found = re.search(r"errno = (\d+)", str(error))
+        number = int(found[1]) if found else None
+    if number == errno.ENOSPC:
+        fix = "The disk is full: free some space, or put runs on another disk with --out."
+    elif number in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "That folder cannot be written: pass --out a folder you can write to."
+    else:
+        fix = ""
+    return f"{doing} failed: {reason}{where}. {fix}".strip()
 
 
 def evaluate(run_dir, quick=False, data_dir=None):

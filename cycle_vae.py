@@ -34,7 +34,7 @@ Results: docs/results/cycle_vae.md.
 """
 import dataclasses
 import sys
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import common  # First: it keeps TensorFlow's start-up notices quiet.
 import data
@@ -77,6 +77,10 @@ class Config(common.RunConfig):
     grid_every: int = 5  # Write a swap grid every this many epochs.
     quick: bool = False  # A short CPU run (2 x 600 steps at lr 1e-3) and a quick evaluation: try it end to end.
     evaluate: bool = True  # Run eval_latents.py on the trained model at the end.
+
+    # What `--resume` may change (more epochs, another learning rate); anything else would not fit the checkpoint.
+    CHANGEABLE_ON_RESUME: ClassVar[tuple] = common.RunConfig.CHANGEABLE_ON_RESUME + (
+        "epochs", "learning_rate", "lr_drop_epoch", "grid_every", "evaluate")
 
     def __post_init__(self):
         common.check_ranges(
@@ -341,7 +345,7 @@ def training_data(dataset, config, first_epoch=0):
 
 
 def main(argv=None):
-    config = common.parse_config(Config, argv, description=__doc__, resolve=resolve)
+    config = common.parse_config(Config, argv, description=__doc__, resolve=resolve, script="cycle_vae")
     common.configure_cpu(one_thread_per_op=True)  # before the first op: see its docstring
     common.set_precision(config.precision)
     common.set_seed(config.seed)

@@ -48,11 +48,11 @@ def test_defaults_and_types_from_the_command_line():
     config = common.parse_config(
         ExampleConfig,
         "--dataset sprites --epochs 3 --learning-rate 0.5 --quick --hidden 8 16 4 --kernel 5 7 "
-        "--weights 2 0.25 --label hello --seed 7 --data-dir /data --precision float32 --resume".split(),
+        "--weights 2 0.25 --label hello --seed 7 --data-dir /data --precision float32 --benchmark".split(),
     )
     assert config == ExampleConfig(
         dataset="sprites", epochs=3, learning_rate=0.5, quick=True, hidden=(8, 16, 4), kernel=(5, 7),
-        weights=[2.0, 0.25], label="hello", seed=7, data_dir="/data", precision="float32", resume=True,
+        weights=[2.0, 0.25], label="hello", seed=7, data_dir="/data", precision="float32", benchmark=True,
     )
     assert isinstance(config.epochs, int) and isinstance(config.learning_rate, float)
     assert common.parse_config(ExampleConfig, ["--quick", "--no-quick"]).quick is False
@@ -202,7 +202,7 @@ def test_resume_picks_the_latest_run_of_this_script(tmp_path, monkeypatch):
         ("beta_vae_mnist_big_20300101-000000", "beta_vae"),  # Another dataset name.
     ]:
         (tmp_path / "runs" / folder).mkdir(parents=True)
-        (tmp_path / "runs" / folder / "config.json").write_text(json.dumps({"script": script}))
+        (tmp_path / "runs" / folder / "config.json").write_text(json.dumps({"script": script, "config": {}}))
     (tmp_path / "runs" / "beta_vae_mnist_20290101-000000").mkdir()  # No config.json: never started.
 
     run_dir = common.prepare_run_dir(ExampleConfig(resume=True), script="beta_vae", name="mnist", argv=[])
@@ -318,7 +318,7 @@ def test_nan_guard_stops_training_and_keeps_the_last_good_checkpoint(mode, where
     saved = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     for saved_weight, good_weight in zip(saved.weights, sabotage.weights_after_epoch[1]):
         np.testing.assert_array_equal(saved_weight.numpy(), good_weight)
-    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 2
+    assert common.completed_epochs(tmp_path) == 2
     # The CSV log records a diverging epoch that ended before the guard stopped training.
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 1 + csv_rows
 
@@ -367,7 +367,8 @@ def test_backup_and_restore_resumes_from_the_last_epoch(tmp_path):
     epochs_logged = [int(line.split(",")[0]) for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert epochs_logged == [0, 1, 2, 3]
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["epoch_003.png", "epoch_004.png"]
-    assert (tmp_path / "backup" / "latest.weights.h5").exists()  # Kept, so a longer --epochs can continue.
+    # The two newest backups are kept, so that a longer --epochs can continue.
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == ["epoch_0003.weights.h5", "epoch_0004.weights.h5"]
     # Scripts start their data pipelines at the completed epoch, and the training time adds up over sessions.
     assert common.completed_epochs(tmp_path) == 4 and common.completed_epochs(tmp_path / "nothing") == 0
     seconds = [float(row["time/epoch_seconds"]) for row in csv.DictReader(open(tmp_path / "log.csv"))]
