@@ -20,8 +20,15 @@ and the labels saved with the codes.
 Data directory: `--data-dir DIR`, else $DISENTANGLE_DATA_DIR, else ~/.cache/disentangle (or $XDG_CACHE_HOME).
 Inside it: `mnist/` (the four idx .gz files), `dsprites/` (the original npz) and `sprites/` (the extracted
 `nips2015-analogy-data` folder, its tarball, or the compact `sprites_imgs_uint8.npy.xz` copy). Missing files are
-downloaded where a public source exists; nothing already there is ever overwritten by a failed download or
-conversion (everything is written to a temporary name and renamed when complete).
+downloaded there where a public source exists; nothing already there is ever overwritten by a failed download or
+conversion (everything is written to a unique temporary name and renamed when complete).
+
+Derived files (the 1.3 GB Sprites cache) never go into a data directory the user named, which may be a shared or
+read-only copy (and as root every write "succeeds"): they go to the cache directory, $DISENTANGLE_CACHE_DIR, else
+~/.cache/disentangle, in `sprites-cache/<key of the data folder>/`. Only when the data directory IS the cache
+directory (no --data-dir, no $DISENTANGLE_DATA_DIR) does the cache sit beside the data, in `sprites/cache/`; a
+valid cache already there from older versions is still read, whatever the data directory. A full or read-only
+folder is reported as such (`StorageError`), with the space needed and the setting that moves the files elsewhere.
 
 Command line:  python data.py --dataset sprites [--data-dir DIR] [--bench]
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import errno
 import gzip
 import hashlib
 import io
@@ -55,6 +63,7 @@ TSNE_COLOURINGS = {"mnist": ("digit",), "sprites": ("body", "hair", "action", "d
 SAVED_LABELS = {"mnist": ("digit",), "sprites": ("identity", "attributes", "action", "direction", "frame"),
                 "dsprites": ("factors",)}
 DATA_DIR_ENV = "DISENTANGLE_DATA_DIR"
+CACHE_DIR_ENV = "DISENTANGLE_CACHE_DIR"  # where derived files (the Sprites cache) go; default default_data_dir()
 OFFLINE_ENV = "DISENTANGLE_OFFLINE"  # set to 1 to never try a download
 
 
@@ -72,6 +81,12 @@ class CorruptDataError(DataError, ValueError):
 
 class UnknownDatasetError(DataError, ValueError):
     pass
+
+
+class StorageError(DataError):
+    """A folder that data must be written to is full or read-only. Not an OSError on purpose: the loaders catch
+    OSError to try the next mirror or to call a source file truncated, and neither helps when the disk is the cause.
+    """
 
 
 @dataclasses.dataclass
@@ -152,44 +167,132 @@ def default_data_dir():
     return pathlib.Path(cache) / "disentangle"
 
 
+def cache_root():
+    """Where derived files go: $DISENTANGLE_CACHE_DIR, else the per-user cache folder (default_data_dir()).
+
+    Never a data directory the user passed: that may be a shared copy, and a write bit (or being root, as in every
+    container) says nothing about whether its owner wants 1.3 GB of cache in it. Not created here."""
+    value = os.environ.get(CACHE_DIR_ENV)
+    return pathlib.Path(value).expanduser() if value else default_data_dir()
+
+
 def resolve_data_dir(data_dir=None):
-    """--data-dir, else $DISENTANGLE_DATA_DIR, else the per-user cache folder (created when missing)."""
+    """--data-dir, else $DISENTANGLE_DATA_DIR, else the per-user cache folder.
+
+    Nothing is created: asking where the data are must not leave folders behind (a download creates the folder
+    it writes into)."""
     for value, origin in ((data_dir, "--data-dir"), (os.environ.get(DATA_DIR_ENV), f"${DATA_DIR_ENV}")):
         if value:
             path = pathlib.Path(value).expanduser()
+            if path.exists() and not path.is_dir():
+                raise DataError(
+                    f"The data directory {path} (from {origin}) is a file, not a folder. Point {origin} at the "
+                    f"folder that holds mnist/, sprites/ and dsprites/ (perhaps {path.parent}).")
             if not path.is_dir():
                 raise MissingDataError(
                     f"The data directory {path} (from {origin}) does not exist. Create it, or point {origin} at the "
                     f"folder that holds mnist/, sprites/ and dsprites/.")
             return path
-    path = default_data_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return default_data_dir()
 
 
 def _downloads_allowed(download):
     return download and os.environ.get(OFFLINE_ENV, "") in ("", "0")
 
 
-def _download(url, dest, validate=None):
-    """Fetch url into dest through a temporary file; dest only appears once complete and valid."""
-    dest = pathlib.Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+_NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _human_size(n):
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n:,} bytes"
+
+
+def _storage_error(error, folder, what, fix, needed=None):
+    """The StorageError that explains `error` when it says `folder` is full or read-only, else None.
+
+    Only errors from creating and writing files may be passed here: a source that cannot be read also fails with
+    EACCES, and that is no reason to blame the folder being written."""
+    code = getattr(error, "errno", None)
+    if code in _NO_ROOM:
+        size = f" {what[0].upper() + what[1:]} needs about {_human_size(needed)} there ({needed:,} bytes)." \
+            if needed else ""
+        return StorageError(f"The disk holding {folder} is full ({error.strerror}): cannot write {what}.{size} Free "
+                            f"space there, or {fix}.")
+    if code in _NO_WRITE:
+        return StorageError(f"Cannot write {what} into {folder}: the folder is read-only ({error.strerror}). "
+                            f"{fix[0].upper() + fix[1:]}.")
+    return None
+
+
+def _check_free_space(folder, needed):
+    """Fail early (ENOSPC) when the file system holding folder has less than `needed` bytes free, rather than after
+    minutes of conversion; fallocate and the writes themselves still catch quotas and races."""
     try:
-        print(f"downloading {url} -> {dest}", file=sys.stderr, flush=True)
-        with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"only {_human_size(free)} free")
+
+
+def _temporary_file(folder, name):
+    """A new empty file .{name}.XXXXXXXX.partial in folder, unique so that two processes never share one, with the
+    permissions a plain open() gives (mkstemp's 0600 would hide a shared download or cache from the other users).
+    Returns (fd, path)."""
+    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+    umask = os.umask(0o077)  # reading the umask means setting it; meanwhile other threads get stricter, not looser
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)
+    except OSError:
+        pass  # a file system without modes (vfat, some mounts): the file stays as mkstemp made it
+    return fd, pathlib.Path(path)
+
+
+def _download(url, dest, validate=None):
+    """Fetch url into dest through a uniquely named temporary file; dest only appears once complete and valid.
+
+    A folder that is read-only or full raises StorageError, which names the folder and the fix; any other failure
+    (network, server, validation) propagates as it is, for the caller to try the next mirror."""
+    dest = pathlib.Path(dest)
+    fix = (f"pass --data-dir DIR (or set ${DATA_DIR_ENV}) to a writable folder with room, where {dest.name} goes "
+           f"under {dest.parent.name}/ (or put it there by hand)")
+
+    def storage_error(error):
+        return _storage_error(error, dest.parent, f"the download {dest.name}", fix)
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temporary_file(dest.parent, dest.name)
+    except OSError as error:
+        problem = storage_error(error)
+        if problem is None:
+            raise
+        raise problem from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            print(f"downloading {url} -> {dest}", file=sys.stderr, flush=True)
+            with urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, out, length=1 << 20)
         if validate is not None:
             validate(tmp)
         os.replace(tmp, dest)
+    except OSError as error:
+        # urlopen wraps network failures in URLError (errno None); a full or read-only disk keeps its errno.
+        problem = storage_error(error)
+        if problem is None:
+            raise
+        raise problem from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
 def _fetch_missing(files, folder, urls, what, hint, download, validate=None):
-    """Make sure every file in `files` is in `folder`, downloading from `urls` (name -> url list) if allowed."""
+    """Make sure every file in `files` is in `folder`, downloading from `urls` (name -> url list) if allowed.
+
+    A full or read-only folder stops at once with its StorageError: another mirror would fail the same way."""
     missing = [f for f in files if not (folder / f).is_file()]
     reasons = []
     if missing and _downloads_allowed(download):
@@ -199,6 +302,8 @@ def _fetch_missing(files, folder, urls, what, hint, download, validate=None):
                     _download(url, folder / name, validate=(lambda p, n=name: validate(p, n)) if validate else None)
                     missing.remove(name)
                     break
+                except StorageError:
+                    raise
                 except (OSError, ValueError, DataError) as error:  # URLError is an OSError.
                     reasons.append(f"{url}: {error}")
     if missing:
@@ -208,21 +313,6 @@ def _fetch_missing(files, folder, urls, what, hint, download, validate=None):
             f"{what} not found: expected {', '.join(missing)} in {folder}.{why} {hint} Or pass --data-dir DIR (or set "
             f"${DATA_DIR_ENV}) to a folder that has them under {folder.name}/.")
     return [folder / f for f in files]
-
-
-def _writable_dir(path):
-    # Folders without any write permission bit (such as a shared copy of the data) count as read-only even for
-    # root, who could write there anyway: a cache must not be dropped into a shared, read-only copy of the data.
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not os.stat(existing).st_mode & 0o222 or not os.access(existing, os.W_OK):
-        return False
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-")
-        probe.close()
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -474,6 +564,27 @@ def _convert_mat_chunk(args):
     return characters, labels
 
 
+def _sprites_frames_bytes():
+    """The size of the frames cache, from its array shape: 672 x 178 x 60 x 60 x 3 uint8 = 1.29 GB."""
+    return N_CHARACTERS * N_FRAMES * 60 * 60 * 3
+
+
+def _reserve_space(path):
+    """Allocate the blocks of a freshly created (sparse) memory-mapped file now.
+
+    Writing through a memory map into a full disk does not raise: the kernel kills the process with SIGBUS. With
+    the blocks reserved first, a full disk (or quota) fails here, as an ENOSPC OSError that can be explained."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as error:
+            if error.errno in _NO_ROOM:
+                raise
+            # A file system without fallocate: the free-space check made before converting has to do.
+
+
 def _convert_from_mat(folder, out_path, workers):
     missing = [f"sprites_{c}.mat" for c in range(N_CHARACTERS) if not (folder / f"sprites_{c}.mat").is_file()]
     if missing:
@@ -481,6 +592,7 @@ def _convert_from_mat(folder, out_path, workers):
                                f"sprites_0.mat ... sprites_671.mat are missing (first: {missing[0]}). Extract the "
                                f"whole nips2015-analogy-data tarball (or rerun rebuild_reed_sprites.py).")
     np.lib.format.open_memmap(out_path, "w+", np.uint8, (N_CHARACTERS, N_FRAMES, 60, 60, 3)).flush()
+    _reserve_space(out_path)
     chunks = [(folder, list(range(i, N_CHARACTERS, workers * 4)), out_path) for i in range(workers * 4)]
     labels = np.empty((N_CHARACTERS, 7), np.int64)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
@@ -491,6 +603,8 @@ def _convert_from_mat(folder, out_path, workers):
 
 def _convert_from_tar(tarball, out_path):
     out = np.lib.format.open_memmap(out_path, "w+", np.uint8, (N_CHARACTERS, N_FRAMES, 60, 60, 3))
+    out.flush()
+    _reserve_space(out_path)
     labels, splits, seen = np.empty((N_CHARACTERS, 7), np.int64), None, set()
     try:
         with tarfile.open(tarball, "r:*") as tar:
@@ -521,6 +635,8 @@ def _convert_from_compact(folder, out_path):
             shutil.copyfileobj(src, dst, length=1 << 24)
         array = np.load(out_path, mmap_mode="r")
     except (lzma.LZMAError, EOFError, ValueError, OSError) as error:
+        if getattr(error, "errno", None) in _NO_ROOM:  # the cache's disk is full: the copy is not to blame
+            raise
         raise CorruptDataError(f"{folder / SPRITES_COMPACT} cannot be decompressed ({error}); it is probably "
                                f"truncated. Copy it again.")
     if array.shape != (N_CHARACTERS, N_FRAMES, 60, 60, 3) or array.dtype != np.uint8:
@@ -535,41 +651,80 @@ def _convert_from_compact(folder, out_path):
 
 
 def sprites_cache_dir(data_dir=None):
-    """<data dir>/sprites/cache, or the per-user cache when the data directory is read-only (a shared copy)."""
+    """Where the Sprites cache is read from, or written to on first use. Creates nothing.
+
+    An existing valid cache in <data dir>/sprites/cache (where older versions wrote it) is used. Otherwise the
+    cache goes to <cache dir>/sprites/cache when the data directory is the cache directory (the default, no
+    --data-dir), else to <cache dir>/sprites-cache/<key of the data folder>: a derived file never goes into a data
+    folder the user named (see cache_root)."""
     root = resolve_data_dir(data_dir) / "sprites"
-    if (root / "cache" / "sprites_meta.npz").is_file() or _writable_dir(root / "cache"):
+    cache = cache_root()
+    if root.parent.resolve() == cache.resolve():
         return root / "cache"
-    return default_data_dir() / "sprites-cache" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    if _read_sprites_cache(root / "cache") is not None:
+        return root / "cache"
+    return cache / "sprites-cache" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
 
 
 def convert_sprites(source_kind, source, cache_dir, workers=2):
     """Convert the original data once into cache_dir: frames .npy (uint8, memory-mappable) + labels/splits .npz.
 
-    The frames file is written under a temporary name and the metadata file, which marks the cache as
-    complete, is written last, so an interrupted conversion never leaves a cache that looks valid.
+    Both files are written under unique temporary names (two first-time conversions may run at once: each one
+    renames its own complete files into place, the later one replacing the earlier's identical ones). The frames
+    file is renamed first and the metadata file, which marks the cache as complete, last, so an interrupted
+    conversion never leaves a cache that looks valid. A full or read-only cache folder raises StorageError.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
     frames_path, meta_path = cache_dir / "sprites_frames_uint8.npy", cache_dir / "sprites_meta.npz"
-    tmp = cache_dir / ".sprites_frames_uint8.npy.partial"
-    started = time.time()
-    print(f"converting Reed sprites from {source} into {cache_dir} (once)", file=sys.stderr, flush=True)
+    needed = _sprites_frames_bytes()
+    fix = (f"set ${CACHE_DIR_ENV} to a writable folder with about {_human_size(needed)} free (e.g. "
+           f"{CACHE_DIR_ENV}=/scratch/cache; the data folder itself is only read)")
+
+    def raise_explained(error, codes=_NO_ROOM | _NO_WRITE):
+        """Raise the StorageError that explains error when its errno is one of codes, else error itself."""
+        problem = _storage_error(error, cache_dir, "the Sprites cache", fix, needed) if error.errno in codes else None
+        if problem is None:
+            raise error
+        raise problem from None
+
+    temporary = []
     try:
-        if source_kind == "mat":
-            labels, splits = _convert_from_mat(source, tmp, workers)
-        elif source_kind == "tar":
-            labels, splits = _convert_from_tar(source, tmp)
-        else:
-            labels, splits = _convert_from_compact(source, tmp)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            _check_free_space(cache_dir, needed)
+            for name in ("sprites_frames_uint8.npy", "sprites_meta.npz"):
+                fd, path = _temporary_file(cache_dir, name)
+                os.close(fd)
+                temporary.append(path)
+        except OSError as error:
+            raise_explained(error)
+        tmp, meta_tmp = temporary
+        started = time.time()
+        print(f"converting Reed sprites from {source} into {cache_dir} (once)", file=sys.stderr, flush=True)
+        try:
+            if source_kind == "mat":
+                labels, splits = _convert_from_mat(source, tmp, workers)
+            elif source_kind == "tar":
+                labels, splits = _convert_from_tar(source, tmp)
+            else:
+                labels, splits = _convert_from_compact(source, tmp)
+        except OSError as error:
+            raise_explained(error, _NO_ROOM)  # a source can fail with EACCES too: not the cache folder's fault
         covered = np.sort(np.concatenate(list(splits.values())))
         if not np.array_equal(covered, np.arange(N_CHARACTERS)):
             raise CorruptDataError(f"the splits in {source} do not partition the 672 identities")
-        os.replace(tmp, frames_path)
+        try:
+            # The metadata is written (not yet renamed) before the frames are renamed: if it does not fit, nothing
+            # of this conversion is left behind.
+            with open(meta_tmp, "wb") as f:
+                np.savez(f, version=SPRITES_CACHE_VERSION, labels=labels, source=str(source), **splits)
+            os.replace(tmp, frames_path)
+            os.replace(meta_tmp, meta_path)
+        except OSError as error:
+            raise_explained(error)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    meta_tmp = cache_dir / ".sprites_meta.partial.npz"
-    np.savez(meta_tmp, version=SPRITES_CACHE_VERSION, labels=labels, source=str(source), **splits)
-    os.replace(meta_tmp, meta_path)
+        for path in temporary:
+            if path.exists():
+                path.unlink()
     print(f"converted in {time.time() - started:.1f} s", file=sys.stderr, flush=True)
     return frames_path, meta_path
 
@@ -895,7 +1050,9 @@ def bench(dataset, data_dir=None):
         print(f"bench sprites cached load: {time.perf_counter() - started:.2f} s", flush=True)
         kind, source = _find_sprites_source(resolve_data_dir(data_dir) / "sprites")
         if kind is not None:
-            with tempfile.TemporaryDirectory(dir=sprites_cache_dir(data_dir).parent) as scratch:
+            # A scratch conversion is a derived file too: it goes to the cache directory, never the data folder.
+            cache_root().mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".sprites-bench-") as scratch:
                 started = time.perf_counter()
                 convert_sprites(kind, source, pathlib.Path(scratch))
                 print(f"bench sprites cold load (conversion from {kind} source {source}): "
@@ -906,7 +1063,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Summarise (and benchmark) one of the real datasets.")
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="which dataset to load")
     parser.add_argument("--data-dir", default=None,
-                        help=f"data directory (default: ${DATA_DIR_ENV}, else {default_data_dir()})")
+                        help=f"data directory, only read apart from downloads (default: ${DATA_DIR_ENV}, else "
+                             f"{default_data_dir()}); the Sprites cache goes to ${CACHE_DIR_ENV}, else "
+                             f"{default_data_dir()}")
     parser.add_argument("--include-hurt", action="store_true", help="Sprites: keep the single-view 'hurt' frames")
     parser.add_argument("--no-download", action="store_true", help="never try to download missing files")
     parser.add_argument("--bench", action="store_true",

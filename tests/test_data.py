@@ -1,11 +1,14 @@
 """Tests of data.py on tiny fixtures written in the REAL on-disk formats, plus opt-in checks on ../shared/data."""
+import errno
 import gzip
 import io
+import lzma
 import os
 import pathlib
 import subprocess
 import sys
 import tarfile
+import types
 import urllib.error
 
 import h5py
@@ -18,6 +21,49 @@ import data
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SLOW = os.environ.get("DISENTANGLE_SLOW_TESTS", "") not in ("", "0")
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own per-user cache folder (not yet created), so that no Sprites cache ever lands in the
+    real ~/.cache, and no data or cache folder set in the environment leaks in."""
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(data.CACHE_DIR_ENV, raising=False)
+    xdg = tmp_path_factory.mktemp("xdg") / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    return xdg / "disentangle"
+
+
+def refuse_writes(monkeypatch, *folders, code=errno.EACCES):
+    """Make creating folders and files at or under `folders` fail with OSError(code), as on a read-only (EACCES) or
+    full (ENOSPC) disk. Patched rather than chmod-ed: tests may run as root, whom permissions do not stop."""
+    folders = [pathlib.Path(f).resolve() for f in folders]
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def blocked(path):
+        path = pathlib.Path(os.fsdecode(path)).resolve()
+        return any(path == f or f in path.parents for f in folders)
+
+    def refuse(path):
+        raise OSError(code, os.strerror(code), os.fsdecode(path))
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and blocked(path):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if blocked(path):
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+
+
+def tree(folder):
+    """Every path under folder with its size (None for folders), to show that nothing was written there."""
+    return {str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else None) for p in folder.rglob("*")}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -47,7 +93,9 @@ def write_sprites_mat(path, frames, labels):
 
 
 def make_sprites(root, monkeypatch, n=6, layout="folder"):
-    """n characters in the tarball layout (data/sprites/...), extracted or as nips2015-analogy-data.tar.gz."""
+    """n characters in the tarball layout (data/sprites/...), extracted ("folder") or as
+    nips2015-analogy-data.tar.gz ("tar"), or as the compact copy ("compact": sprites_imgs_uint8.npy.xz with
+    sprite_large_labels.txt and sprites_splits.mat beside it)."""
     monkeypatch.setattr(data, "N_CHARACTERS", n)
     folder = root / "sprites" / "data" / "sprites"
     folder.mkdir(parents=True)
@@ -60,6 +108,14 @@ def make_sprites(root, monkeypatch, n=6, layout="folder"):
     if layout == "tar":
         with tarfile.open(root / "sprites" / data.SPRITES_TARBALL, "w:gz") as tar:
             tar.add(root / "sprites" / "data", arcname="data")
+        for file in folder.iterdir():
+            file.unlink()
+    if layout == "compact":
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack([sprite_frames(c) for c in range(n)]))
+        (root / "sprites" / data.SPRITES_COMPACT).write_bytes(lzma.compress(buffer.getvalue(), preset=0))
+        np.savetxt(root / "sprites" / "sprite_large_labels.txt", labels, fmt="%d", delimiter=",")
+        (folder / "sprites_splits.mat").rename(root / "sprites" / "sprites_splits.mat")
         for file in folder.iterdir():
             file.unlink()
     return labels
@@ -108,6 +164,17 @@ def test_missing_data_dir(tmp_path, monkeypatch):
         data.load_dataset("mnist")
 
 
+def test_data_dir_that_is_a_file_is_called_a_file(tmp_path, monkeypatch):
+    file = tmp_path / "mnist.tar"
+    file.write_bytes(b"not a folder")
+    with pytest.raises(data.DataError, match="is a file, not a folder") as error:
+        data.load_dataset("mnist", file)
+    assert "does not exist" not in str(error.value) and "--data-dir" in str(error.value)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(file))
+    with pytest.raises(data.DataError, match=f"is a file, not a folder.*\\${data.DATA_DIR_ENV}"):
+        data.load_dataset("mnist")
+
+
 def test_unknown_dataset_name(tmp_path):
     with pytest.raises(data.UnknownDatasetError, match="mnist, sprites, dsprites"):
         data.load_dataset("cifar", tmp_path)
@@ -136,6 +203,45 @@ def test_download_fetches_and_verifies_mnist(tmp_path, monkeypatch, make_mnist):
     ds = data.load_mnist(target)
     assert len(ds.images) == 160
     assert sorted(p.name for p in (target / "mnist").iterdir()) == sorted(files)
+
+
+def test_download_into_a_read_only_folder_is_one_clear_error(tmp_path, monkeypatch, make_dsprites):
+    source = tmp_path / "source"
+    make_dsprites(source)
+    target = tmp_path / "target"
+    target.mkdir()
+    monkeypatch.setattr(data.urllib.request, "urlopen",
+                        _serve({data.DSPRITES_FILE: (source / "dsprites" / data.DSPRITES_FILE).read_bytes()}))
+    refuse_writes(monkeypatch, target)
+    with pytest.raises(data.StorageError) as error:
+        data.load_dsprites(target)
+    message = str(error.value)
+    assert str(target / "dsprites") in message and "read-only" in message and "--data-dir" in message
+    assert "\n" not in message and error.value.__cause__ is None and error.value.__suppress_context__
+    assert tree(target) == {}
+
+
+def test_download_into_a_full_disk_is_one_clear_error_and_tries_no_other_mirror(tmp_path, monkeypatch,
+                                                                                 make_mnist):
+    source = tmp_path / "source"
+    make_mnist(source)
+    served, calls = _serve({p.name: p.read_bytes() for p in (source / "mnist").iterdir()}), []
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout=None: calls.append(url) or served(url))
+
+    def disk_full(src, dst, length=0):
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(data.shutil, "copyfileobj", disk_full)
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(data.StorageError) as error:
+        data.load_mnist(target)
+    message = str(error.value)
+    assert str(target / "mnist") in message and "full" in message and "--data-dir" in message
+    assert "\n" not in message
+    assert len(calls) == 1  # the next mirror would fill the same disk
+    assert tree(target) == {"mnist": None}  # no partial file
 
 
 def test_failed_download_keeps_existing_files(tmp_path, monkeypatch, make_mnist):
@@ -195,7 +301,7 @@ def test_truncated_npz_is_a_clear_error(tmp_path, offline, make_dsprites):
 # 2D Sprites
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["folder", "tar"])
+@pytest.mark.parametrize("layout", ["folder", "tar", "compact"])
 def test_sprites_from_original_layout(tmp_path, monkeypatch, offline, layout):
     labels = make_sprites(tmp_path, monkeypatch, layout=layout)
     ds = data.load_sprites(tmp_path, workers=1)
@@ -218,7 +324,7 @@ def test_sprites_cache_is_reused(tmp_path, monkeypatch, offline, capsys):
     make_sprites(tmp_path, monkeypatch)
     data.load_sprites(tmp_path, workers=1)
     assert "converting" in capsys.readouterr().err
-    cache = tmp_path / "sprites" / "cache" / "sprites_frames_uint8.npy"
+    cache = data.sprites_cache_dir(tmp_path) / "sprites_frames_uint8.npy"
     stamp = cache.stat().st_mtime_ns
     ds = data.load_sprites(tmp_path)
     assert "converting" not in capsys.readouterr().err and cache.stat().st_mtime_ns == stamp
@@ -232,7 +338,7 @@ def test_truncated_tarball_leaves_no_cache(tmp_path, monkeypatch, offline):
     size = tarball.stat().st_size
     with pytest.raises(data.CorruptDataError, match="truncated"):
         data.load_sprites(tmp_path)
-    cache = tmp_path / "sprites" / "cache"
+    cache = data.sprites_cache_dir(tmp_path)
     assert not any(cache.iterdir())  # no partial frames file, no metadata marking a cache as complete
     assert tarball.stat().st_size == size
 
@@ -251,6 +357,142 @@ def test_corrupt_mat_file_is_named(tmp_path, monkeypatch, offline):
     bad.write_bytes(bad.read_bytes()[:3000])
     with pytest.raises(data.CorruptDataError, match="sprites_3.mat"):
         data.load_sprites(tmp_path, workers=1)
+
+
+def test_sprites_cache_never_goes_into_a_named_data_dir(tmp_path, monkeypatch, offline, user_cache):
+    # As root every folder is writable: the cache must still not land in the user's data folder.
+    make_sprites(tmp_path, monkeypatch)
+    before = tree(tmp_path)
+    ds = data.load_sprites(tmp_path, workers=1)
+    assert tree(tmp_path) == before
+    (meta,) = user_cache.glob("sprites-cache/*/sprites_meta.npz")
+    assert ds.info["source"] == str(meta.parent) == str(data.sprites_cache_dir(tmp_path))
+    # The same for a data folder from the environment, and $DISENTANGLE_CACHE_DIR moves the cache.
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path.parent / "elsewhere"))
+    ds = data.load_sprites(workers=1)
+    assert tree(tmp_path) == before
+    assert pathlib.Path(ds.info["source"]).parent == tmp_path.parent / "elsewhere" / "sprites-cache"
+
+
+def test_asking_for_the_sprites_cache_creates_nothing(tmp_path, monkeypatch, user_cache):
+    (tmp_path / "sprites").mkdir()
+    before = tree(tmp_path)
+    assert data.sprites_cache_dir(tmp_path).parent == user_cache / "sprites-cache"
+    assert data.sprites_cache_dir() == user_cache / "sprites" / "cache"  # the default data dir is the cache dir
+    assert tree(tmp_path) == before and not user_cache.parent.exists()
+
+
+def test_an_old_sprites_cache_in_the_data_dir_is_still_read(tmp_path, monkeypatch, offline, capsys, user_cache):
+    make_sprites(tmp_path, monkeypatch)
+    old = tmp_path / "sprites" / "cache"
+    data.convert_sprites("mat", tmp_path / "sprites" / "data" / "sprites", old, workers=1)
+    capsys.readouterr()
+    ds = data.load_sprites(tmp_path)
+    assert ds.info["source"] == str(old) and "converting" not in capsys.readouterr().err
+    assert not user_cache.parent.exists()
+    # An old cache that is not valid (here: incomplete) is neither used nor rebuilt in the data folder.
+    (old / "sprites_meta.npz").unlink()
+    ds = data.load_sprites(tmp_path, workers=1)
+    assert pathlib.Path(ds.info["source"]).parent == user_cache / "sprites-cache"
+    assert sorted(p.name for p in old.iterdir()) == ["sprites_frames_uint8.npy"]
+
+
+def test_the_default_data_dir_keeps_its_sprites_cache_inside(monkeypatch, offline, user_cache):
+    make_sprites(user_cache, monkeypatch)
+    ds = data.load_sprites(workers=1)
+    assert ds.info["source"] == str(user_cache / "sprites" / "cache")
+    assert not (user_cache / "sprites-cache").exists()
+
+
+def _usage(free):
+    return types.SimpleNamespace(total=10**12, used=10**12 - free, free=free)
+
+
+def _compact_disk_full(src, dst, length=0):
+    dst.write(src.read(1000))
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _fallocate_disk_full(fd, offset, length):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("layout, patch", [
+    ("compact", ("shutil", "copyfileobj", _compact_disk_full)),  # the decompressed copy's writes
+    ("tar", ("os", "posix_fallocate", _fallocate_disk_full)),  # the memory-mapped file's blocks
+    ("folder", ("shutil", "disk_usage", lambda path: _usage(free=5000))),  # the check before converting
+])
+def test_a_full_disk_during_sprites_conversion_says_so(tmp_path, monkeypatch, offline, layout, patch):
+    make_sprites(tmp_path, monkeypatch, layout=layout)
+    cache = data.sprites_cache_dir(tmp_path)
+    module, name, replacement = patch
+    monkeypatch.setattr(getattr(data, module), name, replacement)
+    with pytest.raises(data.StorageError) as error:
+        data.load_sprites(tmp_path, workers=1)
+    message = str(error.value)
+    assert "full" in message and str(cache) in message and data.CACHE_DIR_ENV in message
+    assert "truncated" not in message and "\n" not in message
+    assert f"{6 * 178 * 60 * 60 * 3:,} bytes" in message  # the frames array's size, from its shape
+    assert not any(cache.iterdir())  # no partial frames, no temporary files, no metadata
+
+
+def test_the_full_disk_message_gives_the_real_cache_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.shutil, "disk_usage", lambda path: _usage(free=10**8))
+    with pytest.raises(data.StorageError, match=r"needs about 1\.3 GB there \(1,291,852,800 bytes\)"):
+        data.convert_sprites("tar", tmp_path / data.SPRITES_TARBALL, tmp_path / "cache")
+
+
+def test_read_only_data_and_cache_folders_give_one_clear_error(tmp_path, monkeypatch, offline, capsys, user_cache):
+    make_sprites(tmp_path, monkeypatch)
+    user_cache.mkdir(parents=True)
+    refuse_writes(monkeypatch, tmp_path, user_cache)
+    with pytest.raises(data.StorageError) as error:
+        data.load_sprites(tmp_path, workers=1)
+    message = str(error.value)
+    assert str(data.sprites_cache_dir(tmp_path)) in message and "read-only" in message
+    assert data.CACHE_DIR_ENV in message and "1.3 GB" not in message  # the size of THIS (6-character) data
+    assert error.value.__cause__ is None and error.value.__suppress_context__  # no chained tracebacks
+    # On the command line: one line, exit status 2.
+    with pytest.raises(SystemExit) as exit_status:
+        data.main(["--dataset", "sprites", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_status.value.code == 2 and err.count("\n") == 1 and err.startswith("error: Cannot write")
+    # Pointing the cache elsewhere, as the message says, works.
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path.parent / "writable"))
+    assert data.load_sprites(tmp_path, workers=1).images.shape[0] == 6 * 178
+
+
+def test_two_first_time_conversions_at_once_both_succeed(tmp_path, monkeypatch, offline):
+    make_sprites(tmp_path, monkeypatch, layout="tar")
+    tarball, cache = tmp_path / "sprites" / data.SPRITES_TARBALL, data.sprites_cache_dir(tmp_path)
+    original, started = data.read_sprites_mat, []
+
+    def racing(source):
+        # While the first conversion has its frames file open, a second one runs from start to finish.
+        if not started:
+            started.append(True)
+            data.convert_sprites("tar", tarball, cache)
+        return original(source)
+
+    monkeypatch.setattr(data, "read_sprites_mat", racing)
+    data.convert_sprites("tar", tarball, cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["sprites_frames_uint8.npy", "sprites_meta.npz"]
+    frames, _, _ = data._read_sprites_cache(cache)
+    np.testing.assert_array_equal(frames[5], sprite_frames(5))
+
+
+def test_metadata_that_does_not_fit_leaves_no_cache(tmp_path, monkeypatch, offline):
+    make_sprites(tmp_path, monkeypatch)
+    cache = data.sprites_cache_dir(tmp_path)
+
+    def savez(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(data.np, "savez", savez)
+    with pytest.raises(data.StorageError, match="full"):
+        data.load_sprites(tmp_path, workers=1)
+    assert not any(cache.iterdir())  # neither the frames nor a temporary file: nothing looks like a cache
 
 
 # ---------------------------------------------------------------------------------------------------------------
