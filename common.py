@@ -205,7 +205,7 @@ def parse_config(config_cls, argv=None, description=None, resolve=None, script=N
         if values.get("resume"):
             script = script or pathlib.Path(getattr(sys.modules.get(config_cls.__module__), "__file__", "?")).stem
             values = _resumed_values(config_cls, values, _explicit_flags(config_cls, argv), script)
-        elif values.get("out"):
+        elif values.get("out") and issubclass(config_cls, RunConfig):
             _check_new_run_dir(pathlib.Path(values["out"]))
         config = config_from_dict(config_cls, values)
         return resolve(config) if resolve is not None else config

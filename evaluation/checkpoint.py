@@ -1,15 +1,17 @@
 """`eval_latents.py --ckpt`: the evaluation of a trained model, step by step.
 
 `evaluate_checkpoint(config)` reads as the table of contents of the evaluation:
-  1. load the model and the data it was trained on;
+  1. load the model and the data it was trained on; check the size flags against the data and say which flags
+     do not apply to this model or data;
   2. encode the evaluation rows, and build the probed codes and z's per-dimension statistics (probes.py);
   3. probes on every code and the raw-pixel ceiling (docs/evaluation.md Sec. 1; probes.py);
   4. the disentanglement_lib suite on the mean code where the data has ground-truth factors (Sec. 4; metrics.py);
   5. for specified/unspecified models on such data: the suite per block, block-DCI, leakage and the
      ground-truth swap error (Sec. 5; blocks.py);
   6. for specified/unspecified models: the predictor networks s -> z and z -> s (Sec. 3; blocks.py);
-  7. codes.npz, the figures (figures.py), metrics.json and report.md (report.py).
-`config` is an eval_latents.EvalConfig.
+  7. codes.npz and metrics.json, then the figures (figures.py, each on its own) and report.md (report.py).
+Everything is written into a staging folder that replaces the output folder only when complete
+(evaluation/output.py). `config` is an eval_latents.EvalConfig.
 """
 import contextlib
 import dataclasses
@@ -21,7 +23,7 @@ import numpy as np
 
 import common
 import data
-from evaluation import blocks, figures, metrics, probes, report, sampling
+from evaluation import blocks, figures, metrics, output, probes, report, sampling
 
 # What --quick caps: a smoke test of every step, not numbers to report.
 QUICK = {"probe_epochs": 3, "patience": 2, "tsne_points": 500, "sprites_frames_per_identity": 8}
@@ -35,22 +37,83 @@ def timed(timings, step):
     timings[step] = time.time() - tick
 
 
+def notice(message, notices=None):
+    """One line on stderr about a setting that was ignored, capped or tidied up (kept in `notices` if given)."""
+    print(f"notice: {message}", file=sys.stderr, flush=True)
+    if notices is not None:
+        notices.append(message)
+
+
+def refuse(message):
+    """Exit with status 2, as argparse does for a bad flag: the flag's value does not fit the data."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def changed_flags(config):
+    """The config fields whose value differs from the default: the flags the user gave explicitly."""
+    return {field.name for field in dataclasses.fields(config)
+            if field.default is not dataclasses.MISSING and getattr(config, field.name) != field.default}
+
+
+def flag_text(name, value):
+    """How a field and its value read on the command line: --swap-pairs 100, --no-predictors."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
+
+
 def evaluate_checkpoint(config):
     """Evaluate the model of config.ckpt; write report.md, metrics.json, codes.npz and the figures into config.out
-    (default <run folder>/eval) and return the results that metrics.json holds."""
+    (default <run folder>/eval) and return the results that metrics.json holds.
+
+    The folder is replaced whole once everything is written (evaluation/output.py); a failure before that leaves
+    the previous evaluation as it was. A figure that fails is reported and the rest is written; then the process
+    exits with status 1 and a message naming it.
+    """
+    changed = changed_flags(config)  # before --quick lowers some of them
+    capped = {}
     if config.quick:
         for name, cap in QUICK.items():
+            if getattr(config, name) > cap and name in changed:
+                capped[name] = (getattr(config, name), cap)
             setattr(config, name, min(getattr(config, name), cap))
-    started, timings = time.time(), {}
+    started = time.time()
     model, info = load_model(config.ckpt)
-    trained = info["config"]
-    out = pathlib.Path(config.out) if config.out else pathlib.Path(info["run_dir"]) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    out = (pathlib.Path(config.out) if config.out else pathlib.Path(info["run_dir"]) / "eval").resolve()
 
     def log(message):
         print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
 
-    dataset = load_data(trained["dataset"], config.data_dir or trained.get("data_dir") or None)
+    try:
+        with output.staged_folder(out, report=lambda line: print(line, file=sys.stderr, flush=True)) as folder:
+            results = evaluate_into(folder, model, info, config, changed, capped, started, log)
+    except output.OutputFolderError as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:  # a full disk, a folder that cannot be written
+        kept = (f"The previous evaluation in {out} is untouched." if (out / "metrics.json").is_file() else
+                f"Nothing was written to {out}.")
+        sys.exit(f"error: {common.describe_error(error, 'the evaluation')} {kept}")
+    log(f"report written to {out / 'report.md'}")
+    failed = results["figures"]["failed"]
+    if failed:
+        reasons = "; ".join(f"{name} ({reason})" for name, reason in failed.items())
+        sys.exit(f"error: {'figure' if len(failed) == 1 else 'figures'} failed: {reasons}; the numbers are in "
+                 f"{out / 'metrics.json'}" + ("" if "report.md" in failed else " and report.md lists the failure"))
+    return results
+
+
+def evaluate_into(out, model, info, config, changed, capped, started, log):
+    """Steps 1-7 of the module docstring (the model already loaded), writing into the folder `out`; returns the
+    results that metrics.json holds, with results["figures"]["failed"] naming the outputs that failed."""
+    timings = {}
+    trained = info["config"]
+    dataset = load_data(trained["dataset"], config.data_dir, trained.get("data_dir"),
+                        pathlib.Path(info["run_dir"]) / "config.json")
+    notices = check_sizes(config, dataset, changed, capped)
+    has_s = "s" in probes.encode(model, dataset, dataset.rows("test")[:1])
+    notices += flag_notices(config, dataset, has_s, changed)
     rng = np.random.default_rng(config.seed)
     rows = probes.evaluation_rows(dataset, config, rng)
     all_rows = np.concatenate([rows[s] for s in ("train", "val", "test") if s in rows])
@@ -72,7 +135,8 @@ def evaluate_checkpoint(config):
                "training_seed": trained.get("seed"), "versions": common.package_versions(), "date": None,
                "rows": {k: len(v) for k, v in rows.items()}, "probes": probe_results, "probe_details": probe_details,
                "chance": probes.chance_levels(labels, tasks), "z_dimensions": dimensions,
-               "representations": {k: list(v) for k, v in representations.items()}, "timings": timings}
+               "representations": {k: list(v) for k, v in representations.items()}, "notices": notices,
+               "timings": timings}
     full = None  # the mean code in dataset row order, where the data has factors and every row is encoded
     if dataset.factor_names and len(all_rows) == len(dataset.images):
         full = dataset_order_code(codes, all_rows)
@@ -89,17 +153,73 @@ def evaluate_checkpoint(config):
                 model, codes["s"], codes["z_mean"], tasks[dataset.specified_targets()[0]], config,
                 np.random.default_rng(config.seed + 4), log)
 
+    # The numbers first: a figure that fails must not take them along.
     save_codes(out / "codes.npz", codes, sampled_z, dataset, rows)
-    with timed(timings, "figures"):
-        figure_entries = figures.write_figures(model, dataset, rows["test"], representations, labels, dimensions,
-                                               config, out, pathlib.Path(info["run_dir"]) / "log.csv", swap_figure,
-                                               predictor_images)
-    timings["total"] = time.time() - started
     results["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     common.write_json(out / "metrics.json", results)
-    report.write_report(out, info, results, figure_entries)
-    log(f"report written to {out / 'report.md'}")
+    with timed(timings, "figures"):
+        figure_entries, failed = figures.write_figures(
+            model, dataset, rows["test"], representations, labels, dimensions, config, out,
+            pathlib.Path(info["run_dir"]) / "log.csv", swap_figure, predictor_images, log=log)
+    results["figures"] = {"written": [file for _, file in figure_entries], "failed": failed}
+    timings["total"] = time.time() - started
+    try:
+        report.write_report(out, info, results, figure_entries)
+    except Exception as error:  # the numbers are written; a report that fails is named like a failed figure
+        failed["report.md"] = figures.one_line(error)
+        log(f"report.md failed: {failed['report.md']}")
+        (out / "report.md").unlink(missing_ok=True)
+    common.write_json(out / "metrics.json", results)
     return results
+
+
+def check_sizes(config, dataset, changed, capped):
+    """Check the size flags against the data before any work; returns the notices given.
+
+    `--sprites-frames-per-identity` beyond the frames of the smallest train or validation identity cannot be
+    drawn: refused (exit 2). `--tsne-points` beyond the test set is capped at it (the plot shows every test
+    code), with a notice where the value was given explicitly; metrics.json records the value used.
+    """
+    notices = []
+    for name, (asked, cap) in capped.items():
+        if name != "sprites_frames_per_identity" or dataset.split_label() is not None:
+            notice(f"{flag_text(name, asked)} is capped at {cap} by --quick (a smoke test); drop --quick for the "
+                   "setting you gave", notices)
+    group = dataset.split_label()
+    if group is not None:
+        fewest = min(int(np.unique(dataset.labels[group][dataset.rows(split)], return_counts=True)[1].min())
+                     for split in ("train", "val"))
+        if config.sprites_frames_per_identity > fewest:
+            refuse(f"--sprites-frames-per-identity {config.sprites_frames_per_identity} is more than the "
+                   f"{fewest} frames of the smallest train or validation {group} of {dataset.name}: pass at most "
+                   f"{fewest}.")
+    test_rows = len(dataset.rows("test"))
+    if config.tsne_points > test_rows:
+        if "tsne_points" in changed:
+            notice(f"--tsne-points {config.tsne_points} is more than the {test_rows} test rows of {dataset.name}; "
+                   f"the t-SNE plots show all {test_rows}", notices)
+        config.tsne_points = test_rows
+    return notices
+
+
+def flag_notices(config, dataset, has_s, changed):
+    """A notice for each flag given explicitly that this model or data ignores, saying why; returns them."""
+    no_s = "the model has no specified code s"
+    no_factors = f"{dataset.name} has no ground-truth factors"
+    ignored = {
+        "predictors": None if has_s else f"{no_s}, and the predictor networks map s -> z and z -> s",
+        "swap_pairs": (None if has_s and dataset.factor_names else
+                       f"{no_s if not has_s else no_factors}, and the ground-truth swap error needs both"),
+        "sprites_frames_per_identity": (None if dataset.split_label() is not None else
+                                        f"{dataset.name} has no identity split (the flag is for Sprites)"),
+        "fast": (None if dataset.factor_names else
+                 f"{no_factors}, so the disentanglement suite whose preset it picks does not run"),
+    }
+    notices = []
+    for name, why in ignored.items():
+        if why is not None and name in changed:
+            notice(f"{flag_text(name, getattr(config, name))} is ignored: {why}", notices)
+    return notices
 
 
 def load_model(path):
@@ -114,11 +234,29 @@ def load_model(path):
     return model, info
 
 
-def load_data(name, data_dir):
-    """The dataset the model was trained on, or exit with data.py's explanation."""
+def load_data(name, data_dir=None, stored=None, record=None):
+    """The dataset the model was trained on, or exit saying which data directory is missing and how to fix it.
+
+    The data directory is --data-dir (`data_dir`), else the one the run's config.json (`record`) names
+    (`stored`), else data.py's default. Runs before the training scripts stored absolute paths hold a path
+    relative to wherever training was started, which the current directory need not be: that is said as such,
+    rather than blaming a --data-dir the user never passed.
+    """
+    from_record = stored if not data_dir else None
+    if from_record:
+        path = pathlib.Path(from_record).expanduser()
+        if not path.is_dir():
+            where = "does not exist" if path.is_absolute() else (
+                f"does not exist from the current directory ({pathlib.Path.cwd()}; a relative path there is "
+                "relative to the folder training was started in)")
+            sys.exit(f"error: the run's config.json ({record}) names the data directory {from_record}, which "
+                     f"{where}. Pass --data-dir DIR, the folder that holds {name}/.")
     try:
-        return data.load_dataset(name, data_dir)
+        return data.load_dataset(name, data_dir or from_record or None)
     except data.DataError as error:
+        if from_record:
+            sys.exit(f"error: {error} (The data directory {from_record} is the one the run's config.json, "
+                     f"{record}, names.)")
         sys.exit(f"error: {error}")
 
 

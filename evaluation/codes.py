@@ -9,6 +9,7 @@ row per dataset item; those rows are the dataset the metrics draw from, so any s
 the fix. The results JSON records the preset, every metric's settings and method, the seed, the factors and the
 package versions (docs/evaluation.md Sec. 6).
 """
+import dataclasses
 import pathlib
 import sys
 import time
@@ -32,6 +33,22 @@ METHODS = {
                                "standardised codes, one-vs-rest ROC-AUC macro-averaged over classes",
     "unsupervised": "Gaussian total/Wasserstein correlation of the code covariance (ddof 1), mean pairwise binned MI",
 }
+
+
+# How many rows the suite needs. The binned metrics (MIG, modularity, the unsupervised MI) cut each code dim into
+# num_bins = 20 equal-width bins: with fewer rows than bins nearly every row gets a bin of its own, so every dim
+# has the same mutual information with every factor, whatever it encodes. Below MIN_ROWS the scores mean
+# nothing, so they are refused.
+# Every metric draws its train and test points uniformly WITH replacement from the rows, 500 to 10,000 of them:
+# below FEW_ROWS (the fast preset's smallest train draw) the held-out points are mostly rows also drawn for
+# training, so held-out accuracies (DCI informativeness, SAP, explicitness, the BetaVAE/FactorVAE scores) read
+# as training accuracies. Such scores are written with a warning, in the JSON's "warnings" as well.
+MIN_ROWS = 20
+FEW_ROWS = 1000
+
+
+# The eval_latents.EvalConfig fields that --codes uses; the others set the evaluation of a model.
+CODES_FLAGS = ("codes", "out", "seed", "fast")
 
 
 class CodesError(ValueError):
@@ -96,14 +113,37 @@ def score_codes(codes, factors, seed=0, fast=False, progress=print):
     so on a subset of the factor product the other factors follow the data's conditional distribution.
     `fast=True` is the in-training preset (metrics.FAST_SETTINGS); the default uses the study sizes of Locatello et al.
     2019. Returns the dict of `metrics.all_metrics` (flat headline scores under "disentanglement", per-metric seconds,
-    settings and every metric's raw output). Raises CodesError for arrays that cannot be scored.
+    settings and every metric's raw output) and "warnings": why the scores are weak, for fewer than FEW_ROWS rows
+    or a factor value held by one row. Raises CodesError for arrays that cannot be scored, fewer than MIN_ROWS
+    rows included.
     """
     codes, factors = check_codes_and_factors(codes, factors)
     try:
         sampler = sampling.FactorSampler(factors)
     except ValueError as error:
         raise CodesError(str(error)) from None
-    return metrics.all_metrics(sampling.codes_representation(codes), sampler, seed=seed, fast=fast, progress=progress)
+    if len(codes) < MIN_ROWS:
+        raise CodesError(f"{len(codes)} rows are too few to score: the suite needs at least {MIN_ROWS} rows (its "
+                         "binned metrics cut each code dim into 20 bins, and with fewer rows than bins the binned "
+                         "mutual information tells the rows apart instead of measuring the code); pass the codes of "
+                         "more dataset items")
+    results = metrics.all_metrics(sampling.codes_representation(codes), sampler, seed=seed, fast=fast,
+                                  progress=progress)
+    results["warnings"] = few_rows_warnings(len(codes), sampler.min_group_size())
+    return results
+
+
+def few_rows_warnings(num_rows, min_group_size):
+    """Why scores of this many rows (and this smallest group of rows sharing a factor value) are weak, if they are."""
+    warnings = []
+    if num_rows < FEW_ROWS:
+        warnings.append(f"only {num_rows} rows (fewer than {FEW_ROWS}): the metrics draw their train and test points "
+                        "with replacement from these rows, so held-out scores mostly re-test training rows; treat "
+                        "the numbers as a smoke test, not as results")
+    if min_group_size < 2:
+        warnings.append("a factor value occurs in one row only: the BetaVAE and FactorVAE draws that fix it always "
+                        "get that same row, which inflates both scores")
+    return warnings
 
 
 def default_scores_path(codes_path):
@@ -151,8 +191,9 @@ def score_codes_file(path, out=None, fast=False, seed=0, progress=print):
     JSON path (default FILE.metrics.json beside the file; an existing folder gets that name inside it). The
     JSON has the flat headline scores under "disentanglement", per-metric wall time under "seconds", the
     preset and every metric's settings, the seed, the factors (names, sizes, rows, smallest group), the
-    representation, package versions, date and timings, and each metric's raw output under "metrics".
-    Raises CodesError (message names the problem and the fix) for a file that cannot be scored.
+    representation, package versions, date and timings, each metric's raw output under "metrics", and the
+    "warnings" of `score_codes` (also printed to stderr). Raises CodesError (message names the problem and the
+    fix) for a file that cannot be scored.
     """
     import common  # Imported here: it loads TensorFlow, which the metrics themselves do not need.
 
@@ -172,6 +213,8 @@ def score_codes_file(path, out=None, fast=False, seed=0, progress=print):
         progress(f"[metrics] {path}: {len(codes)} rows, {codes.shape[1]} code dims, factors "
                  f"{dict(zip(factor_info['names'], factor_info['sizes']))}, preset {'fast' if fast else 'study'}")
     results = score_codes(codes, factors, seed=seed, fast=fast, progress=progress)
+    for warning in results["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     finished = time.perf_counter()
     raw = {name: results[name] for name in metrics.METRICS}
     report = {
@@ -185,6 +228,7 @@ def score_codes_file(path, out=None, fast=False, seed=0, progress=print):
         "disentanglement": results["disentanglement"],
         "seconds": results["seconds"],
         "metrics": raw,
+        "warnings": results["warnings"],
         "versions": common.package_versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "timings": {"load": loaded - started, "metrics": finished - loaded, "total": finished - started},
@@ -201,7 +245,19 @@ def score_given_codes(config):
     if config.ckpt:
         sys.exit("error: --ckpt and --codes exclude each other: pass a model (--ckpt) or an .npz of codes and "
                  "factors (--codes), not both.")
+    model_flags = [field.name for field in dataclasses.fields(config) if field.name not in CODES_FLAGS
+                   and field.default is not dataclasses.MISSING and getattr(config, field.name) != field.default]
+    if model_flags:
+        flags = ", ".join("--" + ("no-" if getattr(config, name) is False else "") + name.replace("_", "-")
+                          for name in model_flags)
+        print(f"notice: {flags} {'is' if len(model_flags) == 1 else 'are'} ignored with --codes: "
+              f"{'it sets' if len(model_flags) == 1 else 'they set'} the evaluation of a model (--ckpt)",
+              file=sys.stderr, flush=True)
     try:
         return score_codes_file(config.codes, config.out or None, config.fast, config.seed)
     except CodesError as error:
         sys.exit(f"error: {error}")
+    except OSError as error:  # the results JSON could not be written (it is written atomically: none is half)
+        import common
+
+        sys.exit(f"error: {common.describe_error(error, 'writing the results JSON')}")

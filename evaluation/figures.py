@@ -2,8 +2,10 @@
 traversals (PNG and GIF), z per dimension, t-SNE of the codes and the training curves.
 
 `write_figures` writes every one of them for a model into the evaluation folder and returns the report's
-(title, file) entries; the functions below it draw one figure each.
+(title, file) entries and the figures that failed; the functions below it draw one figure each.
 """
+import pathlib
+
 import numpy as np
 
 import common
@@ -12,50 +14,83 @@ SWAP_TRUTH_TITLE = ("Swap against the ground truth (rows: image a giving s, imag
                     "real image with a's specified and b's other factors, its own reconstruction)")
 PREDICTORS_TITLE = ("Predictor networks (rows: Dec(z, s); Dec(f(s), s); Dec(mean z, s); Dec(z, g(z)); "
                     "Dec(z, mean s))")
+# Every name (fnmatch pattern) that write_figures may create in the evaluation folder. evaluation/output.py
+# replaces an evaluation folder only while it holds nothing else, so a new figure must be named here.
+FIGURE_FILES = ("swap_grid.png", "interpolation.png", "swap_truth.png", "predictors.png", "reconstructions.png",
+                "dimensions.png", "traversal_[0-9]*.png", "traversal.gif", "traversal_dims", "tsne.png",
+                "losses.png")
+
+
+def one_line(error):
+    """An exception as one line: its type and the first line of its message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def write_figures(model, dataset, test_rows, representations, labels, dimensions, config, out, log_csv,
-                  swap_figure=None, predictor_images=None):
-    """Every figure of a model's evaluation into `out`; returns the report's (title, file) entries, in order.
+                  swap_figure=None, predictor_images=None, log=print):
+    """Every figure of a model's evaluation into `out`; returns (the report's (title, file) entries in order,
+    {figure: one-line reason} of the figures that failed).
 
     `representations` and `labels` hold the probed codes and the targets of the encoded rows, whose last
     len(test_rows) entries are the test rows; `dimensions` are z's statistics (`probes.dimension_statistics`);
     `swap_figure` and `predictor_images` come from evaluation/blocks.py where those ran.
+
+    Each figure is drawn on its own: one that raises is logged, the files it left are removed, and the others
+    are still drawn, so that a plotting problem (a t-SNE out of memory, a font) costs that picture and not the
+    evaluation's numbers.
     """
-    figures = []
+    out = pathlib.Path(out)
+    entries, failed = [], {}
     picks = np.random.default_rng(config.seed).choice(test_rows, 8, replace=False)
     grid_images = dataset.images[picks].astype(np.float32) / 255.0
+
+    def draw(name, title, make):
+        before = set(out.rglob("*"))
+        try:
+            result = make()
+        except Exception as error:  # whatever stops one picture is reported, and the others are drawn
+            failed[name] = one_line(error)
+            log(f"figure {name} failed: {failed[name]}")
+            for path in sorted(set(out.rglob("*")) - before, reverse=True):  # a folder's files before the folder
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink()
+            return
+        entries.extend(result if title is None else [(title, name)])
+
     if "s" in representations:
-        common.save_image_grid(common.swap_grid(model, grid_images), out / "swap_grid.png")
-        figures.append(("Swap grid (s from the row image, z from the column image)", "swap_grid.png"))
-        common.save_image_grid(interpolation_grid(model, grid_images[0], grid_images[1]), out / "interpolation.png")
-        figures.append(("Interpolation (s down the rows, z across the columns)", "interpolation.png"))
+        draw("swap_grid.png", "Swap grid (s from the row image, z from the column image)",
+             lambda: common.save_image_grid(common.swap_grid(model, grid_images), out / "swap_grid.png"))
+        draw("interpolation.png", "Interpolation (s down the rows, z across the columns)",
+             lambda: common.save_image_grid(interpolation_grid(model, grid_images[0], grid_images[1]),
+                                            out / "interpolation.png"))
     if swap_figure is not None:
-        common.save_image_grid(swap_figure, out / "swap_truth.png")
-        figures.append((SWAP_TRUTH_TITLE, "swap_truth.png"))
+        draw("swap_truth.png", SWAP_TRUTH_TITLE, lambda: common.save_image_grid(swap_figure, out / "swap_truth.png"))
     if predictor_images is not None:
         order = ["original", "s->z", "s->z constant", "z->s", "z->s constant"]
-        common.save_image_grid(np.stack([predictor_images[k][:8] for k in order]), out / "predictors.png")
-        figures.append((PREDICTORS_TITLE, "predictors.png"))
+        draw("predictors.png", PREDICTORS_TITLE, lambda: common.save_image_grid(
+            np.stack([predictor_images[k][:8] for k in order]), out / "predictors.png"))
     shown = np.random.default_rng(config.seed + 2).choice(test_rows, min(16, len(test_rows) // 8 * 8), replace=False)
-    common.save_image_grid(reconstruction_grid(model, dataset.images[shown].astype(np.float32) / 255.0),
-                           out / "reconstructions.png")
-    figures.append(("Reconstructions (each row of test images above its reconstructions from the mean codes)",
-                    "reconstructions.png"))
-    plot_dimensions(dimensions, out / "dimensions.png")
-    figures.append(("z per dimension: mean KL and mean posterior variance", "dimensions.png"))
+    draw("reconstructions.png", "Reconstructions (each row of test images above its reconstructions from the mean "
+         "codes)", lambda: common.save_image_grid(
+             reconstruction_grid(model, dataset.images[shown].astype(np.float32) / 255.0), out / "reconstructions.png"))
+    draw("dimensions.png", "z per dimension: mean KL and mean posterior variance",
+         lambda: plot_dimensions(dimensions, out / "dimensions.png"))
     kl_order = np.argsort(dimensions["kl_nats"])[::-1]
-    figures += write_traversals(model, grid_images[:3], kl_order, out)
+    draw("traversals", None, lambda: write_traversals(model, grid_images[:3], kl_order, out))
     encoded = len(representations["z"]["mean"])
     test_part = slice(encoded - len(test_rows), encoded)
     tsne_codes = {name: versions["mean"][test_part] for name, versions in representations.items()
                   if name in ("s", "z")}
-    plot_tsne(tsne_codes, {c: labels[c][test_part] for c in dataset.tsne_colourings()}, out / "tsne.png",
-              config.tsne_points, config.seed)
-    figures.append(("t-SNE of the test codes (means)", "tsne.png"))
-    if log_csv.is_file() and plot_losses(log_csv, out / "losses.png"):
-        figures.append(("Training losses", "losses.png"))
-    return figures
+    draw("tsne.png", "t-SNE of the test codes (means)", lambda: plot_tsne(
+        tsne_codes, {c: labels[c][test_part] for c in dataset.tsne_colourings()}, out / "tsne.png",
+        config.tsne_points, config.seed))
+    if log_csv.is_file():
+        draw("losses.png", None, lambda: [("Training losses", "losses.png")] if plot_losses(
+            log_csv, out / "losses.png") else [])
+    return entries, failed
 
 
 def interpolation_grid(model, image_a, image_b, steps=10):

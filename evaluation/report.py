@@ -83,8 +83,9 @@ def write_report(out, info, results, figures):
     """report.md in `out` from the results (the dict that metrics.json holds) and the (title, file) figure entries."""
     lines = [f"# Evaluation of {info['script']} on {info['config'].get('dataset')}", "",
              f"Checkpoint: `{results['checkpoint']}`  ", f"Evaluated {results['date']} in "
-             f"{results['timings']['total']:.0f} s (eval seed {results['eval_seed']}).", "",
-             "## Probe test accuracy (%)", "",
+             f"{results['timings']['total']:.0f} s (eval seed {results['eval_seed']}).", ""]
+    lines += problems_section(results.get("figures", {}).get("failed", {}), results.get("notices", []))
+    lines += ["## Probe test accuracy (%)", "",
              "Lower is better on the block that should not carry the target; `pixels` is the ceiling.", "",
              probe_table(results["probes"], results["chance"], results["representations"]), ""]
     lines += dimension_section(results["z_dimensions"], results["eval_config"]["active_kl"])
@@ -99,6 +100,18 @@ def write_report(out, info, results, figures):
     lines += ["## Timings (s)", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["timings"].items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def problems_section(failed, notices):
+    """Up front, so that no one reads the report without seeing them: the figures that failed (with the one-line
+    reason; the numbers do not depend on them) and the notices about flags that were ignored or capped."""
+    lines = []
+    if failed:
+        lines += ["## Figures that failed", "", "These figures were not drawn; every number below is unaffected.", ""]
+        lines += [f"- `{name}`: {reason}" for name, reason in failed.items()] + [""]
+    if notices:
+        lines += ["## Notices", ""] + [f"- {line}" for line in notices] + [""]
+    return lines
 
 
 def dimension_section(dims, active_kl):
