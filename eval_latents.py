@@ -60,7 +60,7 @@ class EvalConfig:
     active_kl: float = 0.1  # A z dimension is active when its mean KL (nats per image) reaches this.
     pixel_cache: bool = True  # Reuse the raw-pixel ceiling row computed with the same data and probe settings.
     codes: Optional[str] = None  # Instead of --ckpt: .npz of codes (N, D) and factors (N, K) for the metric suite.
-    fast: bool = False  # With --codes: the fast in-training metric preset (never mix it with full-size numbers).
+    fast: bool = False  # Fast metric-suite preset (--codes; --ckpt on dSprites): never mix with full-size numbers.
     swap_pairs: int = 5000  # Test pairs for the ground-truth swap error (data with factors), at most 20,000.
     predictors: bool = True  # Train the predictor networks s -> z and z -> s (specified/unspecified models).
 

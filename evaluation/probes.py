@@ -230,7 +230,7 @@ def pixel_cache_path(dataset, rows, config):
            "images": hashlib.sha1(np.ascontiguousarray(dataset.images[::max(1, len(dataset.images) // 64)]).tobytes()
                                   ).hexdigest()}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return data.default_data_dir() / "eval-cache" / f"{dataset.name}-pixel-probes-{digest}.json"
+    return data.cache_root() / "eval-cache" / f"{dataset.name}-pixel-probes-{digest}.json"
 
 
 def pixel_ceiling(dataset, all_rows, labels, tasks, config, log):
@@ -239,11 +239,18 @@ def pixel_ceiling(dataset, all_rows, labels, tasks, config, log):
     The ceiling depends on the data and the probe settings only, not on the model."""
     cache = pixel_cache_path(dataset, all_rows, config) if config.pixel_cache else None
     if cache is not None and cache.is_file():
-        log(f"pixel ceiling row read from {cache}")
-        return json.loads(cache.read_text())
+        try:
+            cached = json.loads(cache.read_text())
+            log(f"pixel ceiling row read from {cache}")
+            return cached
+        except (OSError, ValueError) as error:  # A damaged cache file is recomputed, not trusted.
+            log(f"pixel ceiling cache {cache} unreadable ({error}); computing it again")
     features = pixel_features(dataset, all_rows, next(iter(tasks.values()))[0], seed=config.seed)
     results, details = run_probes({"pixels": {"mean": features}}, labels, tasks, config, log)
     pixels = {"probes": results, "details": details, "computed": time.strftime("%Y-%m-%d %H:%M:%S")}
     if cache is not None:
-        common.write_json(cache, pixels)
+        try:
+            common.write_json(cache, pixels)
+        except OSError as error:  # A cache that cannot be written costs time next run, never this evaluation.
+            log(f"pixel ceiling not cached ({common.describe_error(error, 'writing ' + str(cache))})")
     return pixels

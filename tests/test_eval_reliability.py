@@ -340,3 +340,27 @@ def test_model_flags_with_codes_get_a_notice(tmp_path, stub_suite, capsys):
     notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
     assert len(notices) == 1 and "--probe-epochs" in notices[0] and "--no-predictors" in notices[0]
     assert "--codes" in notices[0]
+
+
+def test_a_damaged_or_unwritable_pixel_cache_never_costs_the_evaluation(tmp_path, monkeypatch, tiny_mnist):
+    _, dataset = tiny_mnist
+    cache = tmp_path / "eval-cache" / "mnist-pixel-probes.json"
+    cache.parent.mkdir()
+    cache.write_text('{"probes": {"pix')  # Cut short by a kill.
+    computed = {"probes": {"pixels": 0.5}, "details": {}}
+    monkeypatch.setattr(probes, "pixel_cache_path", lambda *args: cache)
+    monkeypatch.setattr(probes, "pixel_features", lambda *args, **kwargs: np.zeros((3, 2)))
+    monkeypatch.setattr(probes, "run_probes", lambda *args: (computed["probes"], computed["details"]))
+    config = eval_latents.EvalConfig(ckpt="x")
+    lines = []
+    tasks = {"digit": (np.arange(3), None)}
+    assert probes.pixel_ceiling(dataset, np.arange(3), {}, tasks, config, lines.append)["probes"] == {"pixels": 0.5}
+    assert "unreadable" in lines[0] and json.loads(cache.read_text())["probes"] == {"pixels": 0.5}  # Rewritten.
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    cache.unlink()
+    monkeypatch.setattr(common, "write_json", full_disk)
+    assert probes.pixel_ceiling(dataset, np.arange(3), {}, tasks, config, lines.append)["probes"] == {"pixels": 0.5}
+    assert "not cached" in lines[-1] and "disk is full" in lines[-1]
