@@ -373,24 +373,11 @@ def main(argv=None):
         # With --steps-per-epoch each pass over the data draws new pairs and fit() cuts it into short epochs.
         return train.repeat() if config.steps_per_epoch else train
 
-    grid_images = np.stack([dataset.images[i] for i in _grid_rows(dataset)]).astype(np.float32) / 255.0
+    grid_images = np.stack([dataset.images[i] for i in data.grid_rows(dataset)]).astype(np.float32) / 255.0
     common.train(model, config, script="cycle_vae", pipeline=pipeline, steps=steps, argv=argv,
                  describe=f"z {config.z_dim}, s {config.s_dim}, {config.reverse_mode} reverse cycle",
                  image_grid_fn=lambda m: common.tile_images(common.swap_grid(m, grid_images)),
                  images_per_step=4 * config.batch_size)
-
-
-def _grid_rows(dataset, n=8):
-    """n test images of n different classes where possible, the same ones in every grid of the run.
-
-    Each class contributes an image from a different place in its list (on Sprites: a different animation and
-    direction), so that the grid also shows whether z keeps the pose."""
-    rows = dataset.rows("test")
-    classes = np.asarray(dataset.labels[dataset.class_label])[rows]
-    members = [np.flatnonzero(classes == c) for c in np.unique(classes)[:n]]
-    picked = [rows[m[(k * len(m)) // n]] for k, m in enumerate(members)]
-    extra = [r for r in rows[:: max(1, len(rows) // n)] if r not in picked]
-    return (picked + extra)[:n]
 
 
 if __name__ == "__main__":

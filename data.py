@@ -963,6 +963,19 @@ def class_groups(dataset, split="train", groups=32, group_size=8, seed=0, class_
     return _pipeline(make_epoch, signature, ("images",), n_batches, first_epoch)
 
 
+def grid_rows(dataset, n=8):
+    """n test images of n different classes where possible, the same ones in every grid of the run.
+
+    Each class contributes an image from a different place in its list (on Sprites: a different animation and
+    direction), so that the grid also shows whether z keeps the pose."""
+    rows = dataset.rows("test")
+    classes = np.asarray(dataset.labels[dataset.class_label])[rows]
+    members = [np.flatnonzero(classes == c) for c in np.unique(classes)[:n]]
+    picked = [rows[m[(k * len(m)) // n]] for k, m in enumerate(members)]
+    extra = [r for r in rows[:: max(1, len(rows) // n)] if r not in picked]
+    return (picked + extra)[:n]
+
+
 def images(dataset, split="test", batch_size=256, shuffle=False, seed=0, drop_remainder=False, first_epoch=0):
     """Single images {image, label, index} in split order (or shuffled each epoch), for encoding and plain VAEs."""
     import tensorflow as tf
