@@ -321,8 +321,8 @@ class AdversarialDisentangler(keras.Model):
     def _adversarial_loss(self, pair, training):
         """B's terms: Dec(z1, s3) and Dec(z_p, s3) should pass as x3's partners; returns (CE sum, KL(x1) / P)."""
         x1, x3 = pair["image_a"], pair["image_b"]
-        z_mean, z_logvar, _ = self.encoder(x1, training=training)
-        _, _, s3 = self.encoder(x3, training=training)
+        z_mean, z_logvar, specified = self.encoder(ops.concatenate([x1, x3]), training=training)  # one pass
+        (z_mean, _), (z_logvar, _), (_, s3) = ops.split(z_mean, 2), ops.split(z_logvar, 2), ops.split(specified, 2)
         prior = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
         logits = self.decoder([ops.concatenate([self._sample(z_mean, z_logvar), prior]), ops.concatenate([s3, s3])],
                               training=training)
@@ -340,8 +340,8 @@ class AdversarialDisentangler(keras.Model):
     def _discriminator_step(self, pair, other):
         """C: real pair (a, b) against the detached fake (a, Dec(mu(x1), s(a))), gated by D's accuracy."""
         a, b = pair["image_a"], pair["image_b"]
-        z_mean, _, _ = self.encoder(other, training=False)
-        _, _, s_a = self.encoder(a, training=False)
+        z_mean, _, specified = self.encoder(ops.concatenate([other, a]), training=False)  # one pass
+        z_mean, s_a = ops.split(z_mean, 2)[0], ops.split(specified, 2)[1]
         fake = ops.stop_gradient(self.decode(z_mean, s_a, training=False))
         anchors, candidates = ops.concatenate([a, a]), ops.concatenate([b, fake])
         batch = ops.shape(a)[0]
@@ -435,7 +435,9 @@ def build_optimizers(config):
 
 def main(argv=None):
     config = common.parse_config(Config, argv, description=__doc__, resolve=resolve, script="adversarial_disentangle")
-    common.configure_cpu(one_thread_per_op=True)  # before the first op: see its docstring
+    # TensorFlow's default threads (each op on every core), not one_thread_per_op: the steps of an iteration depend
+    # on each other, so there are few independent ops to run side by side (docs/results/speed.md).
+    common.configure_cpu(one_thread_per_op=False)
     common.set_precision(config.precision)
     common.set_seed(config.seed)
     try:
