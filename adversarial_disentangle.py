@@ -4,7 +4,7 @@ NIPS 2016, arXiv 1611.03383).
 The encoder splits an image into a specified code s (deterministic; what a pair shares: the digit, the sprite
 identity, the dSprites shape) and an unspecified code z ~ N(mu, sigma^2). A pair discriminator D sees two images
 stacked on the channels and says whether the second is a real image of the first one's class; it only ever
-sees pairs, never class labels. Every iteration takes three kinds of step (docs/methods.md Sec. 2):
+sees pairs, never class labels. Every iteration takes three kinds of step (docs/methods.md Sec. 4):
 
   A. auto-encoder, on a same-class pair (x1, x2):
        L_ae = [SSE(Dec(z1, s1), x1) + SSE(Dec(z1, s2), x1) + KL(x1)] / P        (batch mean)
@@ -174,7 +174,7 @@ def build_discriminator(image_shape, dataset, reference_init=False):
 
     The pair is stacked on the channels. MNIST: the reference's 3 x [Conv k5 s2 p1, IN, LeakyReLU 0.2] with
     32, 64, 128 filters (28 -> 13 -> 6 -> 2); Sprites and dSprites: a fourth block of 256 (60 -> 29 -> 14 -> 6 -> 2,
-    64 -> 31 -> 15 -> 7 -> 3); then one dense logit (docs/methods.md Sec. 3).
+    64 -> 31 -> 15 -> 7 -> 3); then one dense logit (docs/methods.md Sec. 4).
     """
     init = _init(reference_init)
     anchor, candidate = keras.Input(image_shape), keras.Input(image_shape)

@@ -240,8 +240,11 @@ def plot_losses(log_csv, path):
     epochs = [int(r["epoch"]) + 1 for r in rows]
     for ax, panel in zip(axes.ravel(), panels):
         for column in panel:
-            ax.plot(epochs, [number(r[column]) for r in rows], lw=1,
+            # Markers while there are few epochs: a line through one point draws nothing.
+            ax.plot(epochs, [number(r[column]) for r in rows], lw=1, marker="o" if len(rows) <= 20 else None, ms=3,
                     label=column[len("kl/"):] if len(panel) > 1 else None)
+        if panel == ["gan/d_accuracy"]:  # The range in which neither the discriminator nor the generator won.
+            ax.axhspan(0.5, 0.95, color="tab:green", alpha=0.12, lw=0)
         ax.set_title(panel[0] if len(panel) == 1 else "KL per z dimension (nats)", fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
