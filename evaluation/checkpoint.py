@@ -25,6 +25,8 @@ import common
 import data
 from evaluation import blocks, figures, metrics, output, probes, report, sampling
 
+# Views per image in the ML-VAE's label-free evidence (probes.evidence_codes).
+EVIDENCE_VIEWS = 8
 # What --quick caps: a smoke test of every step, not numbers to report.
 QUICK = {"probe_epochs": 3, "patience": 2, "tsne_points": 500, "sprites_frames_per_identity": 8}
 
@@ -121,6 +123,13 @@ def evaluate_into(out, model, info, config, changed, capped, started, log):
     with timed(timings, "encode"):
         codes = probes.encode(model, dataset, all_rows)
     representations, sampled_z, dimensions, only = probes.representations(codes, dataset, config)
+    if hasattr(model, "encode_groups") and "s" in codes:  # the ML-VAE: the class code with label-free evidence
+        log(f"encoding {len(all_rows)} images again as groups of {EVIDENCE_VIEWS} shifted views")
+        with timed(timings, "evidence"):
+            mean, logvar = probes.evidence_codes(model, dataset, all_rows, EVIDENCE_VIEWS, seed=config.seed + 5)
+        noise = np.random.default_rng(config.seed + 6).standard_normal(mean.shape)
+        representations["s_evidence"] = {"mean": mean, "sampled": (mean + np.exp(0.5 * logvar) * noise).astype(
+            np.float32)}
     labels = {name: np.asarray(column)[all_rows] for name, column in dataset.label_columns().items()}
     tasks = probes.probe_tasks(dataset, rows, rng)
     with timed(timings, "probes"):

@@ -98,6 +98,37 @@ def encode(model, dataset, rows, batch_size=512):
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def shifted_views(images, views, rng, max_shift=2):
+    """`views` copies of each image, (N * views, H, W, C) image-major: the image itself, then copies moved by a
+    random whole-pixel shift of up to max_shift in each direction (edges repeated). No label is involved."""
+    n, height, width = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
+    out = np.empty((n, views) + images.shape[1:], images.dtype)
+    out[:, 0] = images
+    for v in range(1, views):
+        dy, dx = rng.integers(0, 2 * max_shift + 1, size=2)
+        out[:, v] = padded[:, dy:dy + height, dx:dx + width]
+    return out.reshape((n * views,) + images.shape[1:])
+
+
+def evidence_codes(model, dataset, rows, views=8, seed=0, batch_size=64):
+    """The content posterior (mean, logvar) of each row with evidence accumulated over `views` shifted views of
+    the image itself, through the model's encode_groups (ML-VAE).
+
+    docs/evaluation.md Sec. 1: the groups are formed without any label, so the probe on these codes cannot be
+    helped by the answer (the public ML-VAE code grouped the test images by their true class, which leaks it).
+    """
+    rng = np.random.default_rng(seed)
+    means, logvars = [], []
+    for start in range(0, len(rows), batch_size):
+        images = dataset.images[rows[start:start + batch_size]].astype(np.float32) / 255.0
+        group_ids = np.repeat(np.arange(len(images)), views).astype(np.int32)
+        mean, logvar = model.encode_groups(shifted_views(images, views, rng), group_ids, len(images))
+        means.append(np.asarray(mean, np.float32))
+        logvars.append(np.asarray(logvar, np.float32))
+    return np.concatenate(means), np.concatenate(logvars)
+
+
 def representations(codes, dataset, config):
     """The probed codes, z's per-dimension statistics and the restrictions of `run_probes`.
 

@@ -206,3 +206,32 @@ def test_a_split_too_small_for_a_batch_of_groups_is_one_line(tiny_mnist, capsys)
     with pytest.raises(SystemExit) as exit_info:
         mlvae.main(["--data-dir", str(root), "--groups", "64", "--group-size", "50", "--out", "unused"])
     assert "cannot fill one batch" in str(exit_info.value.code) and "--group-size" in str(exit_info.value.code)
+
+
+def test_label_free_evidence_for_the_evaluation(tiny_mnist):
+    """eval_latents.py probes the ML-VAE's class code also with evidence over shifted views of each image alone:
+    one view gives back the image's own posterior, more views are more precise, and no label is used."""
+    from evaluation import probes
+
+    _, dataset = tiny_mnist
+    model = make_model(dataset)
+    rows = dataset.rows("test")[:10]
+    images = dataset.images[rows].astype(np.float32) / 255.0
+    own = model.encode(images)
+    mean, logvar = probes.evidence_codes(model, dataset, rows, views=1)
+    np.testing.assert_allclose(mean, np.asarray(own["s"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logvar, np.asarray(own["s_logvar"]), rtol=1e-5, atol=1e-6)
+    mean, logvar = probes.evidence_codes(model, dataset, rows, views=8, batch_size=4)
+    assert mean.shape == (10, 4) and np.all(logvar < np.asarray(own["s_logvar"]))  # 8 views: higher precision
+    views = probes.shifted_views(images[:2], 3, np.random.default_rng(0))
+    assert views.shape == (6, 28, 28, 1) and np.array_equal(views[0], images[0]) and np.array_equal(views[3], images[1])
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_end_to_end(tiny_mnist, tmp_path, run_script):
+    root, _ = tiny_mnist
+    result = run_script("mlvae.py", "--data-dir", str(root), "--groups", "4", "--group-size", "4", "--epochs", "2",
+                        "--steps-per-epoch", "3", "--out", str(tmp_path / "run"), "--quick", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert {"s/digit/mlp/mean", "s_evidence/digit/mlp/mean", "z/digit/mlp/sampled"} <= set(metrics["probes"])
