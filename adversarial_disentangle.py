@@ -14,7 +14,7 @@ sees pairs, never class labels. Every iteration takes three kinds of step (docs/
        L_d = CE(D(a, b), real) + CE(D(a, Dec(mu(x1), s(a))), fake)
      taken only while D's accuracy on the previous batch is below 80 % (`d_gate`, `d_gate_threshold`).
 
-Code names: SSE / P is `_reconstruction` (Bernoulli NLL on dSprites), KL is `kl` (nats summed over z), CE is
+Code names: SSE / P is `_reconstruction` (Bernoulli NLL on dSprites), KL is `_kl` (nats summed over z), CE is
 `_bce` on D's one logit (the reference's 2-way softmax is the same model: a sigmoid of the logit difference);
 P = pixels per image. Optimizers (`--optimizers`): `reference` gives A, B and C each their own Adam (lr 1e-4,
 betas 0.5 / 0.999), as the public PyTorch code does; Adam normalises each step, so there the step counts

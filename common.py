@@ -83,7 +83,7 @@ class RunConfig:
     seed: int = 0  # Seeds Python, NumPy, TensorFlow and Keras.
     precision: Precision = "auto"  # auto = mixed precision on a GPU, float32 on a CPU.
     out: typing.Optional[str] = None  # Run folder; default a new folder runs/<script>_<dataset>_<time>/.
-    resume: bool = False  # Continue the run in --out, or else the latest matching run under runs/.
+    resume: bool = False  # Continue the run in --out (else the latest in runs/) with the settings of its config.json.
     data_dir: typing.Optional[str] = None  # Data directory; default $DISENTANGLE_DATA_DIR, else the cache (data.py).
     benchmark: bool = False  # Time training steps, print ms/iter and images/s, and exit.
 
