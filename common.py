@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -1001,11 +1002,13 @@ def _import_script(script, record_path):
 
 
 def load_checkpoint(path):
-    """Load a model saved by a training script, from its .keras file or from its run folder.
+    """Load a model saved by a training script, from its .keras file or from its run folder, or a file written by
+    export_checkpoint (such as those in pretrained/).
 
-    The run folder's config.json names the script that defines the model; that module is imported first, so
-    that its registered classes can be deserialised. The model is not compiled. Returns (model, info); info
-    holds script, name, config (a dict), run_dir, path, precision and created.
+    The run's config.json (beside the file, or inside an exported one) names the script that defines the model;
+    that module is imported first, so that its registered classes can be deserialised. The model is not compiled.
+    Returns (model, info); info holds script, name, config (a dict), run_dir (None for an exported file), path,
+    precision and created.
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -1026,12 +1029,18 @@ def load_checkpoint(path):
             "copy: copy it again, or resume the run from its backup/ folder to write a new one."
         ) from error
     run_dir, record_path = path.parent, path.parent / "config.json"
-    if not record_path.is_file():
+    with zipfile.ZipFile(path) as archive:
+        embedded = RUN_RECORD in archive.namelist()
+        record = json.loads(archive.read(RUN_RECORD)) if embedded else None
+    if embedded:  # A file written by export_checkpoint carries its run record inside.
+        run_dir, record_path = None, pathlib.Path(f"{path}:{RUN_RECORD}")
+    elif not record_path.is_file():
         raise CheckpointError(
             f"{path} has no {record_path} beside it. The run's config.json tells which script defines the model "
             "and how it was configured, so a checkpoint must stay in its run folder: copy the whole folder."
         )
-    record = json.loads(record_path.read_text())
+    else:
+        record = json.loads(record_path.read_text())
     script = record.get("script")
     module = _import_script(script, record_path)
     try:
@@ -1049,7 +1058,42 @@ def load_checkpoint(path):
             "from another run folder."
         )
     info = {key: record.get(key) for key in ("script", "name", "precision", "created")}
-    return model, {**info, "config": record.get("config", {}), "run_dir": run_dir, "path": path}
+    return model, {**info, "config": record.get("config", {}), "run_dir": run_dir, "path": path,
+                   "record_path": record_path}
+
+
+RUN_RECORD = "run_config.json"  # The run's config.json, inside a file written by export_checkpoint.
+
+
+def export_checkpoint(run_dir, destination):
+    """Write the trained model of run_dir as one self-contained .keras file to share (pretrained/).
+
+    The file holds the architecture and the weights without optimizer state (a third of the size for Adam), and
+    the run's config.json as RUN_RECORD inside the archive, so that load_checkpoint and eval_latents.py --ckpt
+    need nothing beside it; the training log goes beside it as <name>.log.csv. The data directory of the machine
+    that trained it is left out of the record: a user evaluates with their own --data-dir or the default. Returns
+    the destination path.
+    """
+    model, info = load_checkpoint(run_dir)  # not compiled: no optimizer is saved
+    record = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
+    record["config"]["data_dir"] = None
+    record["config"]["out"] = None
+    destination = pathlib.Path(destination)
+
+    def write(temporary):
+        model.save(temporary)
+        with zipfile.ZipFile(temporary, "a") as archive:
+            archive.writestr(RUN_RECORD, json.dumps(record, indent=2, default=str))
+
+    _atomic_write(destination, write, suffix=".keras")
+    if (pathlib.Path(run_dir) / "log.csv").is_file():  # the training curves, for the evaluation's loss plot
+        shutil.copyfile(pathlib.Path(run_dir) / "log.csv", log_beside(destination))
+    return destination
+
+
+def log_beside(exported):
+    """Where export_checkpoint puts the training log of an exported file: <name>.log.csv beside <name>.keras."""
+    return pathlib.Path(exported).with_suffix(".log.csv")
 
 
 # ---- Benchmark ----

@@ -83,7 +83,13 @@ def evaluate_checkpoint(config):
             setattr(config, name, min(getattr(config, name), cap))
     started = time.time()
     model, info = load_model(config.ckpt)
-    out = (pathlib.Path(config.out) if config.out else pathlib.Path(info["run_dir"]) / "eval").resolve()
+    if config.out:
+        out = pathlib.Path(config.out)
+    elif info["run_dir"] is not None:
+        out = pathlib.Path(info["run_dir"]) / "eval"
+    else:  # an exported checkpoint (pretrained/): its folder is not a run folder to write into
+        out = pathlib.Path("runs") / f"eval_{pathlib.Path(info['path']).stem}"
+    out = out.resolve()
 
     def log(message):
         print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
@@ -112,7 +118,7 @@ def evaluate_into(out, model, info, config, changed, capped, started, log):
     timings = {}
     trained = info["config"]
     dataset = load_data(trained["dataset"], config.data_dir, trained.get("data_dir"),
-                        pathlib.Path(info["run_dir"]) / "config.json")
+                        info["record_path"])
     notices = check_sizes(config, dataset, changed, capped)
     has_s = "s" in probes.encode(model, dataset, dataset.rows("test")[:1])
     notices += flag_notices(config, dataset, has_s, changed)
@@ -167,9 +173,11 @@ def evaluate_into(out, model, info, config, changed, capped, started, log):
     results["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     common.write_json(out / "metrics.json", results)
     with timed(timings, "figures"):
+        log_csv = (pathlib.Path(info["run_dir"]) / "log.csv" if info["run_dir"] is not None
+                   else common.log_beside(info["path"]))  # an exported checkpoint's log lies beside it
         figure_entries, failed = figures.write_figures(
-            model, dataset, rows["test"], representations, labels, dimensions, config, out,
-            pathlib.Path(info["run_dir"]) / "log.csv", swap_figure, predictor_images, log=log)
+            model, dataset, rows["test"], representations, labels, dimensions, config, out, log_csv, swap_figure,
+            predictor_images, log=log)
     results["figures"] = {"written": [file for _, file in figure_entries], "failed": failed}
     timings["total"] = time.time() - started
     try:

@@ -159,6 +159,14 @@ def test_save_load_gives_identical_codes_and_the_optimizer_state_comes_back(tiny
     fresh.load_weights(tmp_path / "state.weights.h5")
     for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # A self-contained file to share (pretrained/): no optimizer state, the run record inside, nothing beside it
+    # needed, and not the training machine's data directory.
+    exported = common.export_checkpoint(run_dir, tmp_path / "shared" / "mlvae_mnist.keras")
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["mlvae_mnist.keras"]  # no log.csv in this run
+    again, info = common.load_checkpoint(exported)
+    np.testing.assert_array_equal(np.asarray(again.encode(images)["s"]), np.asarray(model.encode(images)["s"]))
+    assert info["run_dir"] is None and info["script"] == "mlvae" and info["config"]["data_dir"] is None
+    assert exported.stat().st_size < (run_dir / "model.keras").stat().st_size
     # Evidence over images the caller declares a group: one row per group.
     mean, logvar = loaded.encode_groups(images[:6], [0, 0, 0, 1, 1, 1], 2)
     assert mean.shape == (2, 4) and logvar.shape == (2, 4)
@@ -235,3 +243,12 @@ def test_train_and_evaluate_end_to_end(tiny_mnist, tmp_path, run_script):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert {"s/digit/mlp/mean", "s_evidence/digit/mlp/mean", "z/digit/mlp/sampled"} <= set(metrics["probes"])
+    # The exported file evaluates on its own, into runs/eval_<name>/, with the training curves beside it.
+    common.export_checkpoint(tmp_path / "run", tmp_path / "pretrained" / "mine.keras")
+    assert (tmp_path / "pretrained" / "mine.log.csv").is_file()
+    result = run_script("eval_latents.py", "--ckpt", str(tmp_path / "pretrained" / "mine.keras"), "--data-dir",
+                        str(root), "--quick", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((tmp_path / "runs" / "eval_mine" / "metrics.json").read_text())
+    assert set(again["probes"]) == set(metrics["probes"]) and "losses.png" in again["figures"]["written"]
+    assert sorted(p.name for p in (tmp_path / "pretrained").iterdir()) == ["mine.keras", "mine.log.csv"]
