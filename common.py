@@ -544,17 +544,18 @@ def save_image_grid(images, path, pad=2):
     return _write_png(tile_images(images, pad), path)
 
 
-def swap_grid(model, images):
+def swap_grid(model, images, s=None):
     """The swap grid of a specified/unspecified model, through its encode/decode interface, as (n+1, n+1) cells.
 
     Top row: the n images that give z (one per column); left column: the same images giving s (one per row);
     cell (r, c) = decode(z_mean of image c, s of image r). The diagonal is the plain reconstruction. Images are
-    float32 (n, H, W, C) in [0, 1]; the top-left cell is blank.
+    float32 (n, H, W, C) in [0, 1]; the top-left cell is blank. `s` (n, s_dim) replaces the images' own s codes
+    (the ML-VAE's evaluation passes the codes with evidence).
     """
     codes = model.encode(images)
     n = len(images)
     z = np.tile(np.asarray(codes["z_mean"]), (n, 1))
-    s = np.repeat(np.asarray(codes["s"]), n, axis=0)
+    s = np.repeat(np.asarray(codes["s"] if s is None else s), n, axis=0)
     cells = np.asarray(model.decode(z, s)).reshape((n, n) + images.shape[1:])
     top = np.concatenate([np.ones((1,) + images.shape[1:], np.float32), images])[None]
     return np.concatenate([top, np.concatenate([images[:, None], cells], axis=1)])

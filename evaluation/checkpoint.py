@@ -25,8 +25,6 @@ import common
 import data
 from evaluation import blocks, figures, metrics, output, probes, report, sampling
 
-# Views per image in the ML-VAE's label-free evidence (probes.evidence_codes).
-EVIDENCE_VIEWS = 8
 # What --quick caps: a smoke test of every step, not numbers to report.
 QUICK = {"probe_epochs": 3, "patience": 2, "tsne_points": 500, "sprites_frames_per_identity": 8}
 
@@ -118,7 +116,7 @@ def evaluate_into(out, model, info, config, changed, capped, started, log):
     timings = {}
     trained = info["config"]
     dataset = load_data(trained["dataset"], config.data_dir, trained.get("data_dir"),
-                        info["record_path"])
+                        info.get("record_path") or pathlib.Path(info["run_dir"]) / "config.json")
     notices = check_sizes(config, dataset, changed, capped)
     has_s = "s" in probes.encode(model, dataset, dataset.rows("test")[:1])
     notices += flag_notices(config, dataset, has_s, changed)
@@ -130,9 +128,9 @@ def evaluate_into(out, model, info, config, changed, capped, started, log):
         codes = probes.encode(model, dataset, all_rows)
     representations, sampled_z, dimensions, only = probes.representations(codes, dataset, config)
     if hasattr(model, "encode_groups") and "s" in codes:  # the ML-VAE: the class code with label-free evidence
-        log(f"encoding {len(all_rows)} images again as groups of {EVIDENCE_VIEWS} shifted views")
+        log(f"encoding {len(all_rows)} images again as groups of {probes.EVIDENCE_VIEWS} shifted views")
         with timed(timings, "evidence"):
-            mean, logvar = probes.evidence_codes(model, dataset, all_rows, EVIDENCE_VIEWS, seed=config.seed + 5)
+            mean, logvar = probes.evidence_codes(model, dataset, all_rows, seed=config.seed + 5)
         noise = np.random.default_rng(config.seed + 6).standard_normal(mean.shape)
         representations["s_evidence"] = {"mean": mean, "sampled": (mean + np.exp(0.5 * logvar) * noise).astype(
             np.float32)}

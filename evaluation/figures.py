@@ -9,6 +9,7 @@ import pathlib
 import numpy as np
 
 import common
+from evaluation import probes
 
 SWAP_TRUTH_TITLE = ("Swap against the ground truth (rows: image a giving s, image b giving z, Dec(z_b, s_a), the "
                     "real image with a's specified and b's other factors, its own reconstruction)")
@@ -16,9 +17,9 @@ PREDICTORS_TITLE = ("Predictor networks (rows: Dec(z, s); Dec(f(s), s); Dec(mean
                     "Dec(z, mean s))")
 # Every name (fnmatch pattern) that write_figures may create in the evaluation folder. evaluation/output.py
 # replaces an evaluation folder only while it holds nothing else, so a new figure must be named here.
-FIGURE_FILES = ("swap_grid.png", "interpolation.png", "swap_truth.png", "predictors.png", "reconstructions.png",
-                "dimensions.png", "traversal_[0-9]*.png", "traversal.gif", "traversal_dims", "tsne.png",
-                "losses.png")
+FIGURE_FILES = ("swap_grid.png", "swap_grid_evidence.png", "interpolation.png", "swap_truth.png", "predictors.png",
+                "reconstructions.png", "dimensions.png", "traversal_[0-9]*.png", "traversal.gif", "traversal_dims",
+                "tsne.png", "losses.png")
 
 
 def one_line(error):
@@ -63,6 +64,13 @@ def write_figures(model, dataset, test_rows, representations, labels, dimensions
     if "s" in representations:
         draw("swap_grid.png", "Swap grid (s from the row image, z from the column image)",
              lambda: common.save_image_grid(common.swap_grid(model, grid_images), out / "swap_grid.png"))
+    if "s_evidence" in representations:  # the ML-VAE: s with evidence over shifted views of the row image
+        draw("swap_grid_evidence.png", f"Swap grid with evidence (s of the row image accumulated over "
+                                       f"{probes.EVIDENCE_VIEWS} shifted views of it, z from the column image)",
+             lambda: common.save_image_grid(common.swap_grid(
+                 model, grid_images, probes.evidence_codes(model, dataset, picks, seed=config.seed + 5)[0]),
+                 out / "swap_grid_evidence.png"))
+    if "s" in representations:
         draw("interpolation.png", "Interpolation (s down the rows, z across the columns)",
              lambda: common.save_image_grid(interpolation_grid(model, grid_images[0], grid_images[1]),
                                             out / "interpolation.png"))

@@ -98,6 +98,9 @@ def encode(model, dataset, rows, batch_size=512):
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+EVIDENCE_VIEWS = 8  # Views per image in the ML-VAE's label-free evidence (evidence_codes).
+
+
 def shifted_views(images, views, rng, max_shift=2):
     """`views` copies of each image, (N * views, H, W, C) image-major: the image itself, then copies moved by a
     random whole-pixel shift of up to max_shift in each direction (edges repeated). No label is involved."""
@@ -111,7 +114,7 @@ def shifted_views(images, views, rng, max_shift=2):
     return out.reshape((n * views,) + images.shape[1:])
 
 
-def evidence_codes(model, dataset, rows, views=8, seed=0, batch_size=64):
+def evidence_codes(model, dataset, rows, views=EVIDENCE_VIEWS, seed=0, batch_size=64):
     """The content posterior (mean, logvar) of each row with evidence accumulated over `views` shifted views of
     the image itself, through the model's encode_groups (ML-VAE).
 

@@ -243,6 +243,7 @@ def test_train_and_evaluate_end_to_end(tiny_mnist, tmp_path, run_script):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert {"s/digit/mlp/mean", "s_evidence/digit/mlp/mean", "z/digit/mlp/sampled"} <= set(metrics["probes"])
+    assert {"swap_grid.png", "swap_grid_evidence.png"} <= set(metrics["figures"]["written"])
     # The exported file evaluates on its own, into runs/eval_<name>/, with the training curves beside it.
     common.export_checkpoint(tmp_path / "run", tmp_path / "pretrained" / "mine.keras")
     assert (tmp_path / "pretrained" / "mine.log.csv").is_file()
