@@ -729,7 +729,8 @@ def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=Tr
     """
     run_dir = pathlib.Path(run_dir)
     checkpoint_path = run_dir / "model.keras"
-    trim_log(run_dir, find_backup(run_dir)[0])  # Before CSVLogger opens log.csv to append.
+    backup = RunBackup(run_dir)  # Finds the backup that fit() will restore ...
+    trim_log(run_dir, backup.epoch)  # ... and log.csv keeps only its epochs, before CSVLogger opens it to append.
     # Order matters: the logs record a diverging epoch before NaNGuard raises, and the guard raises before
     # the checkpoint and the backup could store NaN weights.
     callbacks = [EpochTimer()]
@@ -742,7 +743,6 @@ def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=Tr
     if monitor_nan:
         callbacks.append(NaNGuard(checkpoint_path))
     callbacks.append(LatestCheckpoint(checkpoint_path))
-    backup = RunBackup(run_dir)
     callbacks.append(backup)
     if image_grid_fn is not None:
         callbacks.append(ImageGridMonitor(image_grid_fn, grid_every, run_dir / "images"))
