@@ -1071,9 +1071,9 @@ def export_checkpoint(run_dir, destination):
 
     The file holds the architecture and the weights without optimizer state (a third of the size for Adam), and
     the run's config.json as RUN_RECORD inside the archive, so that load_checkpoint and eval_latents.py --ckpt
-    need nothing beside it; the training log goes beside it as <name>.log.csv. The data directory of the machine
-    that trained it is left out of the record: a user evaluates with their own --data-dir or the default. Returns
-    the destination path.
+    need nothing beside it; the training log goes beside it as <name>.log.csv and the record, to read, as
+    <name>.config.json. The data directory of the machine that trained it is left out of the record: a user
+    evaluates with their own --data-dir or the default. Returns the destination path.
     """
     model, info = load_checkpoint(run_dir)  # not compiled: no optimizer is saved
     record = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
@@ -1087,6 +1087,7 @@ def export_checkpoint(run_dir, destination):
             archive.writestr(RUN_RECORD, json.dumps(record, indent=2, default=str))
 
     _atomic_write(destination, write, suffix=".keras")
+    write_json(destination.with_suffix(".config.json"), record)
     if (pathlib.Path(run_dir) / "log.csv").is_file():  # the training curves, for the evaluation's loss plot
         shutil.copyfile(pathlib.Path(run_dir) / "log.csv", log_beside(destination))
     return destination

@@ -241,6 +241,8 @@ class CycleVAE(keras.Model):
         return {"s": specified, "z_mean": z_mean, "z_logvar": z_logvar}
 
     def decode(self, z, s, training=False):
+        # NumPy arrays and tensors alike, also one of each (Keras refuses a list that mixes them).
+        z, s = ops.convert_to_tensor(z), ops.convert_to_tensor(s)
         return ops.sigmoid(self.decoder([z, s], training=training))
 
     @staticmethod

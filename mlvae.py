@@ -241,6 +241,8 @@ class MLVAE(keras.Model):
         return {"s": s_mean, "s_logvar": s_logvar, "z_mean": z_mean, "z_logvar": z_logvar}
 
     def decode(self, z, s, training=False):
+        # NumPy arrays and tensors alike, also one of each (Keras refuses a list that mixes them).
+        z, s = ops.convert_to_tensor(z), ops.convert_to_tensor(s)
         return ops.sigmoid(self.decoder([z, s], training=training))
 
     def encode_groups(self, images, group_ids, num_groups):

@@ -162,7 +162,10 @@ def test_save_load_gives_identical_codes_and_the_optimizer_state_comes_back(tiny
     # A self-contained file to share (pretrained/): no optimizer state, the run record inside, nothing beside it
     # needed, and not the training machine's data directory.
     exported = common.export_checkpoint(run_dir, tmp_path / "shared" / "mlvae_mnist.keras")
-    assert sorted(p.name for p in exported.parent.iterdir()) == ["mlvae_mnist.keras"]  # no log.csv in this run
+    # Beside it, the run record to read (no log.csv: this run has none).
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["mlvae_mnist.config.json", "mlvae_mnist.keras"]
+    beside = json.loads((exported.parent / "mlvae_mnist.config.json").read_text())
+    assert beside["script"] == "mlvae" and beside["config"]["data_dir"] is None
     again, info = common.load_checkpoint(exported)
     np.testing.assert_array_equal(np.asarray(again.encode(images)["s"]), np.asarray(model.encode(images)["s"]))
     assert info["run_dir"] is None and info["script"] == "mlvae" and info["config"]["data_dir"] is None
@@ -252,4 +255,5 @@ def test_train_and_evaluate_end_to_end(tiny_mnist, tmp_path, run_script):
     assert result.returncode == 0, result.stderr[-3000:]
     again = json.loads((tmp_path / "runs" / "eval_mine" / "metrics.json").read_text())
     assert set(again["probes"]) == set(metrics["probes"]) and "losses.png" in again["figures"]["written"]
-    assert sorted(p.name for p in (tmp_path / "pretrained").iterdir()) == ["mine.keras", "mine.log.csv"]
+    written = sorted(p.name for p in (tmp_path / "pretrained").iterdir())
+    assert written == ["mine.config.json", "mine.keras", "mine.log.csv"]

@@ -1,0 +1,171 @@
+"""Write the README's headline results table from the evaluations of the checkpoints in pretrained/.
+
+    python benchmarks/results_table.py            # print the table
+    python benchmarks/results_table.py --write    # put it into README.md, between the results-table markers
+    python benchmarks/results_table.py --check    # exit 1, showing the difference, when README.md disagrees
+
+Every number in a row is read from pretrained/<name>.metrics.json, which `eval_latents.py --ckpt
+pretrained/<name>.keras` writes (as eval/metrics.json of runs/eval_<name>/; copy it beside the checkpoint). The
+training command comes from the first command line in pretrained/<name>.command.txt, without the flags that only
+say where this machine kept its data and run (--data-dir, --out). Only the papers' figures and the links to the
+results pages are written here, in ROWS. tests/test_results_table.py fails when the README's table is not what
+this script writes, so a number a user reads can always be traced to a file they can re-create.
+"""
+import argparse
+import dataclasses
+import difflib
+import json
+import pathlib
+import shlex
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PRETRAINED = ROOT / "pretrained"
+README = ROOT / "README.md"
+START = "<!-- results-table: written by `python benchmarks/results_table.py --write` from pretrained/*.metrics.json -->"
+END = "<!-- /results-table -->"
+HEADER = ("| model | dataset | key numbers (test probe accuracy, %) | published | training command | reproduce "
+          "| details |\n|---|---|---|---|---|---|---|")
+MACHINE_FLAGS = ("--data-dir", "--out")  # where one machine kept its data and run folder: not part of the recipe
+
+
+class TableError(ValueError):
+    """A pretrained file that is missing or cannot back its row; the message names the file and the fix."""
+
+
+def _percent(value):
+    return f"{100 * value:.1f}"
+
+
+def mnist_split_codes(metrics, s_name="s"):
+    """Key numbers of a specified/unspecified model on MNIST: MLP probes of s (mean), z sampled and z mean."""
+    probes = metrics["probes"]
+    return (f"{s_name} {_percent(probes['s/digit/mlp/mean'])}, sampled z {_percent(probes['z/digit/mlp/sampled'])}, "
+            f"z mean {_percent(probes['z/digit/mlp/mean'])}; chance {_percent(metrics['chance']['digit'])}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str  # pretrained/<name>.keras, .metrics.json, .command.txt
+    model: str  # the first column, before "(N epochs)" read from the run's config
+    published: str  # the papers' own figures and the public checkpoints scored our way (docs/results/...)
+    details: str  # link into docs/results
+    numbers: object = mnist_split_codes  # metrics.json -> the key-numbers text
+
+    def files(self, folder):
+        return {kind: folder / f"{self.name}{suffix}" for kind, suffix in
+                (("checkpoint", ".keras"), ("metrics", ".metrics.json"), ("command", ".command.txt"))}
+
+
+ROWS = (
+    Row("adversarial_disentangle_mnist", "Mathieu et al. 2016, reference settings",
+        "Mathieu et al. 2016: s 98.52, z 66.83; public checkpoint re-scored: s 98.4, sampled z 68.8, z mean 89.8",
+        "[adversarial_disentangle.md](docs/results/adversarial_disentangle.md)"),
+    Row("mlvae_mnist", "ML-VAE, MLP, paper setting",
+        "Bouchacourt et al. 2018 / public code: sampled style 42.06; public checkpoint re-scored: class 75.5",
+        "[mlvae.md](docs/results/mlvae.md)",
+        numbers=lambda metrics: mnist_split_codes(metrics, s_name="s (one image)")),
+)
+
+
+def training_command(path):
+    """The first command line of a .command.txt, without the machine-specific flags."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    commands = [line for line in lines if line.startswith("python ")]
+    if not commands:
+        raise TableError(f"{path} holds no command line starting with 'python '; write the training command there.")
+    words, kept = shlex.split(commands[0]), []
+    while words:
+        word = words.pop(0)
+        flag = word.split("=", 1)[0]
+        if flag in MACHINE_FLAGS:
+            if "=" not in word and words:
+                words.pop(0)  # the flag's value
+            continue
+        kept.append(word)
+    return shlex.join(kept)
+
+
+def row_text(row, folder=PRETRAINED):
+    files = row.files(folder)
+    for kind, path in files.items():
+        if not path.is_file():
+            raise TableError(f"The row of {row.name} needs {path} ({kind}), which does not exist. Export the run with "
+                             "common.export_checkpoint, evaluate it with eval_latents.py --ckpt and copy its "
+                             "metrics.json there, or drop the row from ROWS in benchmarks/results_table.py.")
+    metrics = json.loads(files["metrics"].read_text())
+    expected = f"pretrained/{row.name}.keras"
+    if metrics.get("checkpoint") != expected:
+        raise TableError(f"{files['metrics']} is the evaluation of {metrics.get('checkpoint')!r}, not of {expected}: "
+                         f"run python eval_latents.py --ckpt {expected} and copy its metrics.json there.")
+    if metrics.get("eval_config", {}).get("quick"):
+        raise TableError(f"{files['metrics']} comes from a --quick evaluation, whose numbers are not comparable; "
+                         f"evaluate {expected} without --quick.")
+    try:
+        numbers = row.numbers(metrics)
+        config = metrics["config"]
+        dataset = {"mnist": "MNIST", "sprites": "Sprites", "dsprites": "dSprites"}[metrics["dataset"]]
+        model = f"{row.model} ({config['epochs']} epochs)"
+    except KeyError as error:
+        raise TableError(f"{files['metrics']} lacks {error}, which its row needs; evaluate {expected} again with "
+                         "this version of eval_latents.py.") from error
+    command = training_command(files["command"])
+    reproduce = f"`python eval_latents.py --ckpt {expected}`"
+    return f"| {model} | {dataset} | {numbers} | {row.published} | `{command}` | {reproduce} | {row.details} |"
+
+
+def table(folder=PRETRAINED, rows=ROWS):
+    return "\n".join([HEADER] + [row_text(row, folder) for row in rows])
+
+
+def readme_table(text, readme=README):
+    """The table between the markers of a README's text."""
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise TableError(f"{readme} must hold the line\n{START}\nonce, followed by the table and the line {END}.")
+    return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def differences(readme=README, folder=PRETRAINED, rows=ROWS):
+    """Unified diff lines between the README's table and the one the pretrained files give (empty when equal)."""
+    written = readme_table(pathlib.Path(readme).read_text(), readme)
+    return list(difflib.unified_diff(written.splitlines(), table(folder, rows).splitlines(),
+                                     f"{readme} (now)", "from pretrained/*.metrics.json", lineterm=""))
+
+
+def write(readme=README, folder=PRETRAINED, rows=ROWS):
+    readme = pathlib.Path(readme)
+    text = readme.read_text()
+    readme_table(text, readme)  # checks the markers
+    before, rest = text.split(START, 1)
+    after = rest.split(END, 1)[1]
+    new = f"{before}{START}\n{table(folder, rows)}\n{END}{after}"
+    temporary = readme.with_name(readme.name + ".tmp")
+    temporary.write_text(new)
+    temporary.replace(readme)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--write", action="store_true", help="replace the table in README.md")
+    action.add_argument("--check", action="store_true", help="exit 1 when README.md's table differs")
+    args = parser.parse_args(argv)
+    try:
+        if args.write:
+            write()
+            print(f"wrote the table of {len(ROWS)} rows into {README}")
+        elif args.check:
+            diff = differences()
+            if diff:
+                print("\n".join(diff))
+                sys.exit(f"error: the table in {README} differs from pretrained/*.metrics.json; run "
+                         "python benchmarks/results_table.py --write")
+            print(f"{README}: the table matches pretrained/*.metrics.json ({len(ROWS)} rows)")
+        else:
+            print(table())
+    except TableError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
