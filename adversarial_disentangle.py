@@ -225,7 +225,8 @@ class AdversarialDisentangler(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.pixels = float(np.prod(self.image_shape))
         # D's accuracy on the last batch it saw, for the gate; 0 at the start, so that D trains on the first one.
-        self.previous_d_accuracy = keras.Variable(0.0, trainable=False, name="previous_d_accuracy")
+        self.previous_d_accuracy = keras.Variable(0.0, trainable=False, name="previous_d_accuracy",
+                                                  aggregation="only_first_replica")  # equal on every replica
         names = ["loss", "loss/autoencoder", "loss/generator", "loss/discriminator", "loss/reconstruction_self",
                  "loss/reconstruction_swap", "loss/kl", "gan/adversarial", "gan/d_accuracy", "gan/d_trained_fraction",
                  "per_image/swap_sse", "per_image/kl_nats"]
@@ -290,7 +291,7 @@ class AdversarialDisentangler(keras.Model):
     # ---- the three steps ----
 
     def _sample(self, z_mean, z_logvar):
-        noise = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        noise = common.replica_normal(ops.shape(z_mean), self.seed_generator)
         return z_mean + ops.exp(0.5 * z_logvar) * noise
 
     @staticmethod
@@ -325,7 +326,7 @@ class AdversarialDisentangler(keras.Model):
         x1, x3 = pair["image_a"], pair["image_b"]
         z_mean, z_logvar, specified = self.encoder(ops.concatenate([x1, x3]), training=training)  # one pass
         (z_mean, _), (z_logvar, _), (_, s3) = ops.split(z_mean, 2), ops.split(z_logvar, 2), ops.split(specified, 2)
-        prior = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        prior = common.replica_normal(ops.shape(z_mean), self.seed_generator)
         logits = self.decoder([ops.concatenate([self._sample(z_mean, z_logvar), prior]), ops.concatenate([s3, s3])],
                               training=training)
         d_logits = self.discriminator([ops.concatenate([x3, x3]), ops.sigmoid(logits)], training=training)
@@ -335,7 +336,7 @@ class AdversarialDisentangler(keras.Model):
         """One optimizer step on loss_fn() (loss-scaled under mixed precision); returns loss_fn()'s outputs."""
         with tf.GradientTape() as tape:
             outputs = loss_fn()
-            scaled = optimizer.scale_loss(outputs[0])
+            scaled = optimizer.scale_loss(outputs[0] / common.replicas())
         optimizer.apply(tape.gradient(scaled, variables), variables)
         return outputs
 
@@ -352,19 +353,15 @@ class AdversarialDisentangler(keras.Model):
             logits = self.discriminator([anchors, candidates], training=True)
             real, fake_logits = ops.split(logits, 2)
             loss = _bce(real, 1.0 - self.label_smoothing) + _bce(fake_logits, 0.0)
-            scaled = self.discriminator_optimizer.scale_loss(loss)
+            scaled = self.discriminator_optimizer.scale_loss(loss / common.replicas())
         gradients = tape.gradient(scaled, variables)
         # D's accuracy over the 2B decisions of this batch, before its update.
         correct = ops.concatenate([ops.cast(logits[:batch] > 0, "float32"), ops.cast(logits[batch:] <= 0, "float32")])
-        accuracy = ops.mean(correct)
+        accuracy = common.replica_mean(ops.mean(correct))  # the global batch's: every replica takes one decision
         gate = {"previous": self.previous_d_accuracy, "current": accuracy}.get(self.d_gate)
         train = tf.constant(True) if gate is None else gate < self.d_gate_threshold
-        def update():
-            self.discriminator_optimizer.apply(gradients, variables)
-            return tf.constant(True)
-
-        # tf.cond, not a zero gradient: Adam's momentum would still move the weights.
-        tf.cond(train, update, lambda: tf.constant(False))
+        # A skipped step, not a zero gradient: Adam's momentum would still move the weights.
+        common.apply_if(train, self.discriminator_optimizer, gradients, variables)
         self.previous_d_accuracy.assign(accuracy)
         return loss, accuracy, ops.cast(train, "float32")
 
@@ -447,14 +444,15 @@ def main(argv=None):
     except data.DataError as error:
         sys.exit(f"error: {error}")
     steps = config.steps_per_epoch or len(dataset.rows("train")) // config.batch_size
-    model = AdversarialDisentangler(
-        dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
-        optimizers=config.optimizers, adversarial_weight=config.adversarial_weight,
-        generator_steps=config.generator_steps, d_gate=config.d_gate, d_gate_threshold=config.d_gate_threshold,
-        label_smoothing=config.label_smoothing, reconstruction=config.reconstruction,
-        reference_init=config.reference_init, seed=config.seed)
-    model.compile(**build_optimizers(config))
-    model.build()
+    with common.distribution(config, config.batch_size).scope():  # built where --distribute trains it
+        model = AdversarialDisentangler(
+            dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
+            optimizers=config.optimizers, adversarial_weight=config.adversarial_weight,
+            generator_steps=config.generator_steps, d_gate=config.d_gate, d_gate_threshold=config.d_gate_threshold,
+            label_smoothing=config.label_smoothing, reconstruction=config.reconstruction,
+            reference_init=config.reference_init, seed=config.seed)
+        model.compile(**build_optimizers(config))
+        model.build()
 
     def pipeline(first_epoch):
         train = training_data(dataset, config, first_epoch)

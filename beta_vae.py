@@ -212,7 +212,7 @@ class BetaVAE(keras.Model):
     def compute_losses(self, images, training=False):
         """Both terms of the objective on one batch, each averaged over the batch (see the module docstring)."""
         z_mean, z_logvar = self.encoder(images, training=training)
-        noise = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)  # float32
+        noise = common.replica_normal(ops.shape(z_mean), self.seed_generator)  # float32
         z = z_mean + ops.exp(0.5 * z_logvar) * noise
         reconstruction = ops.mean(bernoulli_nll(self.decoder(z, training=training), images))
         kl_per_dim = ops.mean(kl_divergence(z_mean, z_logvar), axis=0)
@@ -228,7 +228,7 @@ class BetaVAE(keras.Model):
                 loss = reconstruction + self.beta * kl  # Higgins et al. 2017, Eq. 4
             else:
                 loss = reconstruction + self.gamma * ops.abs(kl - capacity)  # Burgess et al. 2018, Eq. 8
-            scaled = self.optimizer.scale_loss(loss)
+            scaled = self.optimizer.scale_loss(loss / common.replicas())
         variables = self.trainable_variables
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
         values = {"loss": loss, "loss/reconstruction": reconstruction, "loss/kl": kl, "capacity/C": capacity}
@@ -278,11 +278,12 @@ def main(argv=None):
     except data.DataError as error:
         sys.exit(f"error: {error}")
     steps = config.steps_per_epoch or len(dataset.rows("train")) // config.batch_size
-    model = BetaVAE(dataset.image_shape, architecture=config.architecture, z_dim=config.z_dim,
-                    objective=config.objective, beta=config.beta, gamma=config.gamma,
-                    capacity_max=config.capacity_max, capacity_steps=config.capacity_steps, seed=config.seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8))
-    model.build()
+    with common.distribution(config, config.batch_size).scope():  # built where --distribute trains it
+        model = BetaVAE(dataset.image_shape, architecture=config.architecture, z_dim=config.z_dim,
+                        objective=config.objective, beta=config.beta, gamma=config.gamma,
+                        capacity_max=config.capacity_max, capacity_steps=config.capacity_steps, seed=config.seed)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8))
+        model.build()
 
     def pipeline(first_epoch):
         train = data.images(dataset, "train", config.batch_size, shuffle=True, seed=config.seed,

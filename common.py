@@ -71,6 +71,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
 
 # ---- Config and command line ----
 
@@ -87,9 +88,11 @@ class RunConfig:
     resume: bool = False  # Continue the run in --out (else the latest in runs/) with the settings of its config.json.
     data_dir: typing.Optional[str] = None  # Data directory; default $DISENTANGLE_DATA_DIR, else the cache (data.py).
     benchmark: bool = False  # Time training steps, print ms/iter and images/s, and exit.
+    # mirrored: train on every GPU of this machine (tf.distribute.MirroredStrategy); --batch-size stays global.
+    distribute: typing.Literal["none", "mirrored"] = "none"
 
     # Fields that `--resume` lets a repeated flag change (common.parse_config); scripts add theirs.
-    CHANGEABLE_ON_RESUME: typing.ClassVar[tuple] = ("data_dir", "benchmark")
+    CHANGEABLE_ON_RESUME: typing.ClassVar[tuple] = ("data_dir", "benchmark", "distribute")
 
 
 def _field_comments(config_cls):
@@ -381,6 +384,91 @@ def package_versions():
     if gpus:
         versions["gpus"] = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
     return versions
+
+
+# ---- Several replicas (tf.distribute) ----
+
+
+def distribution(config, batch):
+    """The tf.distribute strategy of --distribute; the script builds its model and optimizers in its scope().
+
+    none: TensorFlow's default strategy (one device). mirrored: MirroredStrategy over every GPU of this machine
+    (one replica on the CPU where there is none). fit() then splits each global batch of `batch` rows (image
+    pairs, or the ML-VAE's groups, which are never split) into equal shares, one per replica, so `batch` must be
+    divisible by the number of replicas; the models' train_steps make the step equal to one device's.
+    """
+    if config.distribute == "none":
+        return tf.distribute.get_strategy()
+    strategy = tf.distribute.MirroredStrategy()
+    count = strategy.num_replicas_in_sync
+    if batch % count:
+        sys.exit(f"error: --distribute {config.distribute} splits each global batch of {batch} over {count} replicas "
+                 f"({', '.join(strategy.extended.worker_devices)}): choose a batch divisible by {count}.")
+    print(f"--distribute {config.distribute}: {count} replica(s) on {', '.join(strategy.extended.worker_devices)}, "
+          f"{batch // count} of the global batch of {batch} each", flush=True)
+    return strategy
+
+
+def replicas():
+    """How many replicas train in sync: 1 on one device, N under a tf.distribute strategy over N devices.
+
+    A strategy sums the replicas' gradients. A train_step that averages its loss over its own (per-replica) part
+    of the global batch divides that loss by replicas() before taking gradients, so that the sum equals the
+    gradient of the global batch's mean, as on one device (Keras' own compute_loss does the same); its trackers
+    record the undivided value, and the strategy averages them over the replicas.
+    """
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def replica_mean(value):
+    """The mean of a per-replica value over the replicas (the value itself on one device), in every replica."""
+    if replicas() == 1:
+        return value
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
+def apply_if(condition, optimizer, gradients, variables):
+    """optimizer.apply(gradients, variables) only where `condition` (a scalar bool tensor, equal on every replica)
+    holds; otherwise nothing changes, not even the optimizer's step count or moments (a zero gradient would still
+    move Adam's weights). Under a strategy the choice is made in the cross-replica context, as Keras'
+    LossScaleOptimizer does for its skipped steps: a tf.cond in a replica may not hold the optimizer's gradient
+    all-reduce (a merge_call).
+    """
+    def apply():
+        optimizer.apply(gradients, variables)
+
+    if replicas() == 1:
+        ops.cond(condition, apply, lambda: None)
+        return
+
+    def cross_replica(distribution, condition, gradients):
+        first = distribution.experimental_local_results(condition)[0]
+
+        def apply_everywhere():
+            distribution.extended.call_for_each_replica(optimizer.apply, args=(gradients, variables))
+
+        ops.cond(first, apply_everywhere, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition, gradients))
+
+
+def replica_normal(shape, seed_generator, parts=1):
+    """N(0, 1) draws for this replica's part of a global batch, equal sample for sample to one device's draws.
+
+    Every replica draws the noise of the whole global batch from the shared generator state (so the generator
+    advances alike everywhere) and keeps the rows of its own share; one device keeps all of them. `shape[0]` is
+    the local rows; with parts > 1 they are `parts` stacked blocks of local rows, each the replica's share of a
+    global block (the cycle-VAE's [x1; x2]), and the slice is taken in each block. Needs equal shares, i.e. a
+    global batch divisible by the number of replicas (fit() under a strategy splits it so).
+    """
+    context = tf.distribute.get_replica_context()
+    count = context.num_replicas_in_sync if context is not None else 1
+    if count == 1:
+        return keras.random.normal(shape, seed=seed_generator)
+    rows, rest = shape[0] // parts, tuple(shape[1:])
+    noise = keras.random.normal((parts, count * rows) + rest, seed=seed_generator)
+    start = context.replica_id_in_sync_group * rows
+    return ops.reshape(noise[:, start:start + rows], (parts * rows,) + rest)
 
 
 # ---- Run folders ----

@@ -253,7 +253,7 @@ class CycleVAE(keras.Model):
     def _forward_cycle(self, x, training):
         """L_fwd on the stacked pair x = [x1; x2] (Sec. 3.1, Eq. 3 of the paper; reference weights)."""
         z_mean, z_logvar, specified = self.encoder(x, training=training)
-        noise = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)  # float32
+        noise = common.replica_normal(ops.shape(z_mean), self.seed_generator, parts=2)  # float32; [x1; x2]
         z = z_mean + ops.exp(0.5 * z_logvar) * noise
         logits = self.decoder([z, self._swap_halves(specified)], training=training)  # Dec(z1, s2), Dec(z2, s1)
         sse = ops.sum(ops.square(ops.sigmoid(logits) - x), axis=(1, 2, 3))  # per image
@@ -272,7 +272,7 @@ class CycleVAE(keras.Model):
         decoder not updated by L_rev), so they are computed outside the tape."""
         _, _, specified = self.encoder(ops.concatenate([pair["image_a"], pair["image_b"]]), training=False)
         batch = ops.shape(pair["image_a"])[0]
-        prior = keras.random.normal((batch, self.z_dim), seed=self.seed_generator)
+        prior = common.replica_normal((batch, self.z_dim), self.seed_generator)
         generated = ops.sigmoid(self.decoder([ops.concatenate([prior, prior]), specified], training=False))
         return ops.stop_gradient(generated), prior
 
@@ -296,7 +296,7 @@ class CycleVAE(keras.Model):
                 reverse, recovery = self._reverse_cycle(generated_mean, prior)
                 forward = reconstruction + kl_term
                 loss = forward + self.reverse_weight * reverse
-                scaled = self.optimizer.scale_loss(loss)
+                scaled = self.optimizer.scale_loss(loss / common.replicas())
             variables = self.trainable_variables
             self.optimizer.apply(tape.gradient(scaled, variables), variables)
         else:
@@ -305,13 +305,13 @@ class CycleVAE(keras.Model):
             with tf.GradientTape() as tape:
                 reconstruction, kl_term, sse, kl = self._forward_cycle(x, training=True)
                 forward = reconstruction + kl_term
-                scaled = self.optimizer.scale_loss(forward)
+                scaled = self.optimizer.scale_loss(forward / common.replicas())
             variables = self.trainable_variables
             self.optimizer.apply(tape.gradient(scaled, variables), variables)
             with tf.GradientTape() as tape:
                 generated_mean, _, _ = self.encoder(generated, training=True)
                 reverse, recovery = self._reverse_cycle(generated_mean, prior)
-                scaled = self.reverse_optimizer.scale_loss(self.reverse_weight * reverse)
+                scaled = self.reverse_optimizer.scale_loss(self.reverse_weight * reverse / common.replicas())
             # L_rev depends on the encoder only through the z_mean head: skip the heads it does not reach.
             pairs = [(g, v) for g, v in zip(tape.gradient(scaled, self.encoder.trainable_variables),
                                             self.encoder.trainable_variables) if g is not None]
@@ -356,19 +356,21 @@ def main(argv=None):
     except data.DataError as error:
         sys.exit(f"error: {error}")
     steps = config.steps_per_epoch or len(dataset.rows("train")) // config.batch_size
-    model = CycleVAE(
-        dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
-        reconstruction_weight=config.reconstruction_weight, kl_weight=config.kl_weight,
-        reverse_weight=config.reverse_weight, reverse_mode=config.reverse_mode, reference_init=config.reference_init,
-        seed=config.seed, reconstruction=config.reconstruction, reverse_loss=config.reverse_loss)
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [config.lr_drop_epoch * steps], [config.learning_rate, 0.1 * config.learning_rate])
+    with common.distribution(config, config.batch_size).scope():  # built where --distribute trains it
+        model = CycleVAE(
+            dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
+            reconstruction_weight=config.reconstruction_weight, kl_weight=config.kl_weight,
+            reverse_weight=config.reverse_weight, reverse_mode=config.reverse_mode,
+            reference_init=config.reference_init, seed=config.seed, reconstruction=config.reconstruction,
+            reverse_loss=config.reverse_loss)
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [config.lr_drop_epoch * steps], [config.learning_rate, 0.1 * config.learning_rate])
 
-    def adam():
-        return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=config.adam_epsilon)
+        def adam():
+            return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999, epsilon=config.adam_epsilon)
 
-    model.compile(optimizer=adam(), reverse_optimizer=adam())
-    model.build()
+        model.compile(optimizer=adam(), reverse_optimizer=adam())
+        model.build()
 
     def pipeline(first_epoch):
         train = training_data(dataset, config, first_epoch)

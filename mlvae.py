@@ -274,11 +274,11 @@ class MLVAE(keras.Model):
         """The grouped ELBO's terms, each a sum divided by the number of groups (Eq. 5), and the logged values."""
         z_mean, z_logvar, s_mean, s_logvar = self.encoder(images, training=training)
         group_mean, group_logvar = group_evidence(s_mean, s_logvar, group_ids, num_groups)
-        z = z_mean + ops.exp(0.5 * z_logvar) * keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        z = z_mean + ops.exp(0.5 * z_logvar) * common.replica_normal(ops.shape(z_mean), self.seed_generator)
         if self.content_sampling == "group":  # one draw per group, shared by its members
-            noise = ops.take(keras.random.normal(ops.shape(group_mean), seed=self.seed_generator), group_ids, axis=0)
+            noise = ops.take(common.replica_normal(ops.shape(group_mean), self.seed_generator), group_ids, axis=0)
         else:
-            noise = keras.random.normal(ops.shape(s_mean), seed=self.seed_generator)
+            noise = common.replica_normal(ops.shape(s_mean), self.seed_generator)
         s = ops.take(group_mean, group_ids, axis=0) + ops.take(ops.exp(0.5 * group_logvar), group_ids, axis=0) * (
             self.content_noise_std * noise)
         error, sse = self._reconstruction(self.decoder([z, s], training=training), images)
@@ -296,7 +296,7 @@ class MLVAE(keras.Model):
         with tf.GradientTape() as tape:
             terms, logged = self.losses_of(images, group_ids, num_groups)
             loss = terms["loss/reconstruction"] + terms["loss/kl_style"] + terms["loss/kl_content"]
-            scaled = self.optimizer.scale_loss(loss)
+            scaled = self.optimizer.scale_loss(loss / common.replicas())
         self.optimizer.apply(tape.gradient(scaled, self.trainable_variables), self.trainable_variables)
         for name, value in {"loss": loss, **terms, **logged}.items():
             self.trackers[name].update_state(value)
@@ -338,12 +338,17 @@ def main(argv=None):
         sys.exit(f"error: {error}; lower --groups or --group-size.")
     images_per_step = config.batch_size if config.grouping == "batch" else config.groups * config.group_size
     steps = config.steps_per_epoch or len(dataset.rows("train")) // images_per_step
-    model = MLVAE(dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
-                  architecture=config.architecture, content_sampling=config.content_sampling,
-                  content_noise_std=config.content_noise_std, reconstruction=config.reconstruction,
-                  reference_init=config.reference_init, seed=config.seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8))
-    model.build()
+    strategy = common.distribution(config, config.batch_size if config.grouping == "batch" else config.groups)
+    if config.grouping == "batch" and strategy.num_replicas_in_sync > 1:
+        sys.exit("error: --grouping batch forms its groups from the labels of the whole batch, which --distribute "
+                 "would split over the replicas; use --grouping sampler (the default), whose groups stay whole.")
+    with strategy.scope():  # the model and its optimizer are built where --distribute trains them
+        model = MLVAE(dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
+                      architecture=config.architecture, content_sampling=config.content_sampling,
+                      content_noise_std=config.content_noise_std, reconstruction=config.reconstruction,
+                      reference_init=config.reference_init, seed=config.seed)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8))
+        model.build()
 
     def pipeline(first_epoch):
         train = training_data(dataset, config, first_epoch)

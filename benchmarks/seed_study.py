@@ -13,9 +13,15 @@ checkpoints every epoch), so a study longer than one sitting can be finished lat
 other: on a 2-core CPU two trainings side by side take as long as both in a row.
 
 The summary (printed, and written to <out>_seeds.md and <out>_seeds.json) follows docs/evaluation.md Sec. 6: one row
-per evaluated seed with the headline scores of the metric suite (`disentanglement` in metrics.json), then the
-mean +- sample standard deviation (ddof 1) and the median over those seeds (the issues' goals are medians). Its
-title says how many seeds it covers, so a partial study is never read as the full one.
+per evaluated seed with its headline scores, then the mean +- sample standard deviation (ddof 1) and the median
+over those seeds (the issues' goals are medians). The headline scores are the metric suite's (`disentanglement`
+in metrics.json) where it ran, i.e. on dSprites; otherwise, for the specified/unspecified models, the MLP probe
+accuracies (%) of s, of a sampled z and of z's mean per target, the target's chance and z's active dimensions:
+
+    python benchmarks/seed_study.py --out runs/cycle_vae_mnist --seeds 0 1 2 --eval-args "--data-dir DIR" \\
+        -- cycle_vae.py --dataset mnist --data-dir DIR --no-evaluate
+
+Its title says how many seeds it covers, so a partial study is never read as the full one.
 """
 import argparse
 import json
@@ -56,18 +62,41 @@ def train_and_evaluate(out, seed, train_command, eval_args):
     run([sys.executable, str(EVAL_SCRIPT), "--ckpt", str(folder / "model.keras"), *eval_args])
 
 
+PROBE_SHOWN = (("s", "mlp", "mean"), ("z", "mlp", "sampled"), ("z", "mlp", "mean"))  # per target, in this order
+
+
+def headline(metrics, path):
+    """(preset, scores) of one seed's metrics.json, the preset saying how it was scored: the metric suite's
+    headline scores where it ran (dSprites), otherwise the MLP probe accuracies of s, sampled z and z's mean per
+    target, z's active dimensions and chance (the specified/unspecified models on MNIST and Sprites). Scores are
+    plain numbers; None where not computed."""
+    if metrics.get("disentanglement"):
+        preset = metrics.get("disentanglement_details", {}).get("preset", "unknown")
+        return preset, {name: metrics["disentanglement"].get(name) for name in SHOWN}
+    probes = metrics.get("probes") or {}
+    targets = list(dict.fromkeys(key.split("/")[1] for key in probes if key.startswith("z/")))
+    if not targets:
+        sys.exit(f"error: {path} has neither metric-suite scores ('disentanglement') nor probes of z; evaluate the "
+                 "seeds with eval_latents.py --ckpt (without --fast or options that skip the probes).")
+    scores = {}
+    for target in targets:
+        for code, probe, kind in PROBE_SHOWN:
+            scores[f"{target}: {code}" + ("" if code == "s" else f" {kind}")] = probes.get(
+                f"{code}/{target}/{probe}/{kind}")
+        scores[f"{target}: chance"] = metrics.get("chance", {}).get(target)
+    active = metrics.get("z_dimensions", {}).get("active")
+    scores["z active dims"] = None if active is None else sum(active)
+    quick = metrics.get("eval_config", {}).get("quick")
+    return f"probes ({'quick' if quick else 'full'} evaluation)", scores
+
+
 def summarise(out, seeds):
     """Per-seed headline scores and their median over the evaluated seeds, as Markdown and as a dict."""
     rows, presets = {}, {}
     for seed in seeds:
         path = metrics_path(out, seed)
         if path.exists():
-            metrics = json.loads(path.read_text())
-            if not metrics.get("disentanglement"):
-                sys.exit(f"error: {path} has no metric-suite scores ('disentanglement'); it was evaluated without "
-                         "them (e.g. on a dataset without ground-truth factors). Evaluate a dSprites run.")
-            rows[seed] = metrics["disentanglement"]
-            presets[seed] = metrics.get("disentanglement_details", {}).get("preset", "unknown")
+            presets[seed], rows[seed] = headline(json.loads(path.read_text()), path)
     if not rows:
         sys.exit(f"error: no seed of {out} has been evaluated yet (no {metrics_path(out, seeds[0])}); run the study "
                  "without --summary-only first.")
@@ -75,28 +104,39 @@ def summarise(out, seeds):
         sys.exit(f"error: the seeds were scored with different metric presets ({presets}); evaluate them all with the "
                  "same eval_latents.py flags (delete the odd ones' eval/ folders and rerun the study).")
     preset = next(iter(presets.values()))
-    names = [name for name in SHOWN if any(rows[seed].get(name) is not None for seed in rows)]
+    columns = list(dict.fromkeys(name for scores in rows.values() for name in scores))
+    names = [name for name in columns if any(rows[seed].get(name) is not None for seed in rows)]
     median, mean, std = {}, {}, {}
     for name in names:
         values = [rows[seed][name] for seed in rows if rows[seed].get(name) is not None]
         median[name], mean[name] = statistics.median(values), statistics.fmean(values)
         std[name] = statistics.stdev(values) if len(values) > 1 else None
     missing = [seed for seed in seeds if seed not in rows]
-    title = f"{out}: median of {len(rows)} of {len(seeds)} seeds, {preset} metric preset" + (
+    probes = preset.startswith("probes")
+    title = f"{out}: median of {len(rows)} of {len(seeds)} seeds, {preset}{'' if probes else ' metric preset'}" + (
         f" (not yet evaluated: {', '.join(map(str, missing))})" if missing else "")
+    # Probe accuracies read as percentages, like every probe table of the project; the suite's scores as they are.
+    form = _percent if probes else _format
     lines = [title, "", "| seed | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for seed, scores in rows.items():
-        lines.append(f"| {seed} | " + " | ".join(_format(scores.get(name)) for name in names) + " |")
+        lines.append(f"| {seed} | " + " | ".join(form(scores.get(name), name) for name in names) + " |")
     lines.append("| mean +- std | " + " | ".join(
-        f"{mean[name]:.3f}" + (f" +- {std[name]:.3f}" if std[name] is not None else "") for name in names) + " |")
-    lines.append("| **median** | " + " | ".join(f"**{median[name]:.3f}**" for name in names) + " |")
+        form(mean[name], name) + (f" +- {form(std[name], name)}" if std[name] is not None else "")
+        for name in names) + " |")
+    lines.append("| **median** | " + " | ".join(f"**{form(median[name], name)}**" for name in names) + " |")
     summary = {"seeds": {str(seed): rows[seed] for seed in rows}, "preset": preset,
                "median": median, "mean": mean, "std_ddof1": std, "n": len(rows), "missing_seeds": missing}
     return "\n".join(lines) + "\n", summary
 
 
-def _format(value):
+def _format(value, name=None):
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _percent(value, name):
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if name == "z active dims" else f"{100 * value:.1f}"
 
 
 STUDY_FLAGS = ("--seed", "--out", "--resume")

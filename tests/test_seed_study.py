@@ -80,3 +80,45 @@ def test_study_resumes_a_seed_with_a_run_folder_and_skips_an_evaluated_one(tmp_p
     assert [command[command.index("--seed") + 1] for command in trainings] == ["1", "2"]
     assert trainings[0][-1] == "--resume" and "--resume" not in trainings[1]
     assert sum(str(seed_study.EVAL_SCRIPT) in command for command in commands) == 2
+
+
+def probe_metrics(s, z_sampled, z_mean, active=(True, True, False), quick=False):
+    return {"probes": {"s/digit/mlp/mean": s, "s/digit/linear/mean": 0.5, "z/digit/mlp/sampled": z_sampled,
+                       "z/digit/mlp/mean": z_mean, "pixels/digit/mlp/mean": 0.96},
+            "chance": {"digit": 0.1135}, "z_dimensions": {"active": list(active)}, "eval_config": {"quick": quick}}
+
+
+def write_probe_metrics(out, seed, metrics):
+    path = seed_study.metrics_path(out, seed)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(metrics))
+
+
+def test_summary_of_a_split_code_model_gives_its_probe_accuracies_in_percent(tmp_path):
+    out = tmp_path / "study"
+    write_probe_metrics(out, 0, probe_metrics(0.985, 0.182, 0.744))
+    write_probe_metrics(out, 1, probe_metrics(0.981, 0.150, 0.700, active=(True, True, True)))
+    write_probe_metrics(out, 2, probe_metrics(0.990, 0.210, 0.760))
+    text, summary = seed_study.summarise(out, [0, 1, 2])
+    assert list(summary["median"]) == ["digit: s", "digit: z sampled", "digit: z mean", "digit: chance",
+                                       "z active dims"]
+    assert summary["median"]["digit: z sampled"] == 0.182 and summary["median"]["z active dims"] == 2
+    assert summary["std_ddof1"]["digit: s"] == pytest.approx(0.0045092, abs=1e-6)
+    assert "median of 3 of 3 seeds, probes (full evaluation)" in text
+    assert "| **median** | **98.5** | **18.2** | **74.4** | **11.3** | **2.0** |" in text
+    assert "| 1 | 98.1 | 15.0 | 70.0 | 11.3 | 3.0 |" in text
+
+
+def test_summary_refuses_to_mix_quick_and_full_evaluations(tmp_path):
+    out = tmp_path / "study"
+    write_probe_metrics(out, 0, probe_metrics(0.98, 0.2, 0.7))
+    write_probe_metrics(out, 1, probe_metrics(0.98, 0.2, 0.7, quick=True))
+    with pytest.raises(SystemExit, match="different metric presets"):
+        seed_study.summarise(out, [0, 1])
+
+
+def test_summary_of_metrics_without_scores_says_how_to_evaluate(tmp_path):
+    out = tmp_path / "study"
+    write_probe_metrics(out, 0, {"probes": {}})
+    with pytest.raises(SystemExit, match="neither metric-suite scores"):
+        seed_study.summarise(out, [0])
