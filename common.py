@@ -88,8 +88,9 @@ class RunConfig:
     resume: bool = False  # Continue the run in --out (else the latest in runs/) with the settings of its config.json.
     data_dir: typing.Optional[str] = None  # Data directory; default $DISENTANGLE_DATA_DIR, else the cache (data.py).
     benchmark: bool = False  # Time training steps, print ms/iter and images/s, and exit.
-    # mirrored: train on every GPU of this machine (tf.distribute.MirroredStrategy); --batch-size stays global.
-    distribute: typing.Literal["none", "mirrored"] = "none"
+    # mirrored: every GPU of this machine (MirroredStrategy); multiworker: every GPU of the machines that TF_CONFIG
+    # lists (MultiWorkerMirroredStrategy), started with the same flags on each. --batch-size stays global.
+    distribute: typing.Literal["none", "mirrored", "multiworker"] = "none"
 
     # Fields that `--resume` lets a repeated flag change (common.parse_config); scripts add theirs.
     CHANGEABLE_ON_RESUME: typing.ClassVar[tuple] = ("data_dir", "benchmark", "distribute")
@@ -393,13 +394,25 @@ def distribution(config, batch):
     """The tf.distribute strategy of --distribute; the script builds its model and optimizers in its scope().
 
     none: TensorFlow's default strategy (one device). mirrored: MirroredStrategy over every GPU of this machine
-    (one replica on the CPU where there is none). fit() then splits each global batch of `batch` rows (image
-    pairs, or the ML-VAE's groups, which are never split) into equal shares, one per replica, so `batch` must be
-    divisible by the number of replicas; the models' train_steps make the step equal to one device's.
+    (one replica on the CPU where there is none). multiworker: MultiWorkerMirroredStrategy over the processes
+    that the TF_CONFIG environment variable lists (one per machine, each with its GPUs), every one started with
+    the same command; worker 0 (or the task named "chief") is the chief, which alone writes the run folder (see
+    train). fit() splits each global batch of `batch` rows (image pairs, or the ML-VAE's groups, which are never
+    split) into equal shares, one per replica and across the workers (train shards the pipeline), so `batch`
+    must be divisible by the number of replicas; the models' train_steps make the step equal to one device's.
     """
     if config.distribute == "none":
         return tf.distribute.get_strategy()
-    strategy = tf.distribute.MirroredStrategy()
+    if config.distribute == "multiworker":
+        workers = _cluster_workers()
+        if not config.out and not config.benchmark:
+            sys.exit("error: --distribute multiworker needs --out: every worker must be given the same run folder "
+                     "(on a file system they share, for --resume).")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        print(f"--distribute multiworker: this is worker {strategy.cluster_resolver.task_id} of {workers}"
+              f"{' (the chief)' if is_chief(strategy) else ''}", flush=True)
+    else:
+        strategy = tf.distribute.MirroredStrategy()
     count = strategy.num_replicas_in_sync
     if batch % count:
         sys.exit(f"error: --distribute {config.distribute} splits each global batch of {batch} over {count} replicas "
@@ -407,6 +420,44 @@ def distribution(config, batch):
     print(f"--distribute {config.distribute}: {count} replica(s) on {', '.join(strategy.extended.worker_devices)}, "
           f"{batch // count} of the global batch of {batch} each", flush=True)
     return strategy
+
+
+def _cluster_workers():
+    """The number of worker processes that TF_CONFIG lists; exits with the fix when it is missing or malformed."""
+    example = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+               '"task": {"type": "worker", "index": 0}}\' (index 1 on the second machine)')
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        sys.exit(f"error: --distribute multiworker reads the cluster from the TF_CONFIG environment variable, which "
+                 f"is not set. Set it on every machine, e.g. {example}.")
+    try:
+        cluster = json.loads(text)
+        workers = cluster["cluster"].get("worker", []) + cluster["cluster"].get("chief", [])
+        task = cluster["task"]["type"], int(cluster["task"]["index"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        sys.exit(f"error: TF_CONFIG is not a cluster description ({type(error).__name__}: {error}): it needs "
+                 f"'cluster' with a 'worker' list and 'task' with 'type' and 'index', e.g. {example}.")
+    if task[0] not in ("worker", "chief") or not 0 <= task[1] < len(cluster["cluster"].get(task[0], [])):
+        sys.exit(f"error: TF_CONFIG's task {task[0]} {task[1]} is not in its cluster {cluster['cluster']}: give "
+                 "each process the index of its own address in the list.")
+    return len(workers)
+
+
+def is_chief(strategy=None):
+    """Whether this process writes the run folder: always, except on the non-chief workers of --distribute
+    multiworker (tf.distribute's should_checkpoint)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def weights_fingerprint(model):
+    """A short hash of every variable of the model (weights, optimizer-free): equal on every worker of a run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def replicas():
@@ -802,8 +853,12 @@ class ImageGridMonitor(keras.callbacks.Callback):
         self._last_saved = epoch
 
 
-def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=True):
+def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=True, write_dir=None):
     """The callbacks every script passes to fit().
+
+    They read the backup to continue from in run_dir and write everything into write_dir (default run_dir): a
+    non-chief worker of --distribute multiworker restores the chief's backup and writes into a scratch folder,
+    running the same callbacks as the chief so that every worker takes part in the same steps.
 
     - EpochTimer adds each epoch's seconds to the logs.
     - TensorBoard in run_dir/tensorboard (if installed) and CSVLogger in run_dir/log.csv (appended on resume).
@@ -816,24 +871,25 @@ def training_callbacks(run_dir, image_grid_fn=None, grid_every=5, monitor_nan=Tr
     - ImageGridMonitor (if image_grid_fn is given) saves run_dir/images/epoch_NNN.png every grid_every epochs.
     """
     run_dir = pathlib.Path(run_dir)
-    checkpoint_path = run_dir / "model.keras"
-    backup = RunBackup(run_dir)  # Finds the backup that fit() will restore ...
-    trim_log(run_dir, backup.epoch)  # ... and log.csv keeps only its epochs, before CSVLogger opens it to append.
+    write_dir = pathlib.Path(write_dir or run_dir)
+    checkpoint_path = write_dir / "model.keras"
+    backup = RunBackup(run_dir, write_dir)  # Finds the backup that fit() will restore ...
+    trim_log(write_dir, backup.epoch)  # ... and log.csv keeps only its epochs, before CSVLogger opens it to append.
     # Order matters: the logs record a diverging epoch before NaNGuard raises, and the guard raises before
     # the checkpoint and the backup could store NaN weights.
     callbacks = [EpochTimer()]
     # TensorFlow 2.21 no longer installs TensorBoard, without which its callback fails at the first epoch.
     if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
+        callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "tensorboard")))
     else:
         print("TensorBoard is not installed (pip install tensorboard): logging to log.csv only.")
-    callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True))
+    callbacks.append(keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True))
     if monitor_nan:
         callbacks.append(NaNGuard(checkpoint_path))
     callbacks.append(LatestCheckpoint(checkpoint_path))
     callbacks.append(backup)
     if image_grid_fn is not None:
-        callbacks.append(ImageGridMonitor(image_grid_fn, grid_every, run_dir / "images"))
+        callbacks.append(ImageGridMonitor(image_grid_fn, grid_every, write_dir / "images"))
     return callbacks
 
 
@@ -919,9 +975,9 @@ class RunBackup(keras.callbacks.Callback):
 
     KEEP = 2
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, write_dir=None):
         super().__init__()
-        self.backup_dir = pathlib.Path(run_dir) / "backup"
+        self.backup_dir = pathlib.Path(write_dir or run_dir) / "backup"  # where this process writes its backups
         self.epoch, self.path = find_backup(run_dir, report=print)
 
     def on_train_begin(self, logs=None):
@@ -987,18 +1043,44 @@ def train(model, config, *, script, pipeline, steps, describe, image_grid_fn=Non
     folder (new, or the one --resume continues), fit() with the callbacks of training_callbacks, the final
     save, the training time, and eval_latents.py on the result when --evaluate is on. A diverged run or a run
     folder that cannot be used ends the process with the reason (exit 1). Returns the run folder.
+
+    Under --distribute multiworker every worker runs this with the same flags; only the chief writes the run
+    folder and evaluates, the others restore the chief's backup (--resume) and write into a scratch folder that
+    is deleted at the end, and every worker prints the fingerprint of its final weights (all equal).
     """
+    if config.distribute != "none":
+        _fit_under_strategy(model, multiworker=config.distribute == "multiworker")
     if config.benchmark:
         print(f"{script} on {config.dataset}: {describe}, batch {config.batch_size}, "
               f"precision {keras.config.dtype_policy().name}")
         benchmark_training(model, pipeline(0), images_per_step=images_per_step or config.batch_size)
         return None
-    try:
-        run_dir = prepare_run_dir(config, script=script, name=config.dataset, argv=argv)
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: {describe_error(error, 'preparing the run folder')}")
+    chief = is_chief(model.distribute_strategy)
+    if chief:
+        try:
+            run_dir = prepare_run_dir(config, script=script, name=config.dataset, argv=argv)
+        except (OSError, ValueError) as error:
+            sys.exit(f"error: {describe_error(error, 'preparing the run folder')}")
+        write_dir = run_dir
+    else:
+        # A non-chief worker of --distribute multiworker restores the chief's backups from the run folder (which
+        # must therefore be on a shared file system for --resume) and writes into a scratch folder, deleted after.
+        run_dir = pathlib.Path(config.out)
+        if config.resume and not (run_dir / "config.json").is_file():
+            sys.exit(f"error: this worker cannot see the run folder {run_dir} it should resume (no config.json). "
+                     "--resume with --distribute multiworker needs the chief's run folder on a file system that "
+                     "every worker shares, at the same path.")
+        write_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{script}-worker-"))
     train_data = pipeline(completed_epochs(run_dir))  # 0 for a new run: it has no backup yet
-    callbacks = training_callbacks(run_dir, image_grid_fn=image_grid_fn, grid_every=config.grid_every)
+    if config.distribute == "multiworker":
+        # Every worker builds the same pipeline (epoch k's batches depend only on the seed and k) and keeps its
+        # replicas' rows of each global batch, as MirroredStrategy splits a batch over the GPUs of one machine:
+        # no two workers train on the same pairs, and the step is the one-device step on the global batch.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_data = train_data.with_options(options)
+    callbacks = training_callbacks(run_dir, image_grid_fn=image_grid_fn if chief else None,
+                                   grid_every=config.grid_every, write_dir=write_dir)
     print(f"training {script} ({describe}) on {config.dataset} in {run_dir} ({config.epochs} epochs x {steps} "
           f"steps, precision {keras.config.dtype_policy().name})", flush=True)
     started = time.time()
@@ -1007,12 +1089,20 @@ def train(model, config, *, script, pipeline, steps, describe, image_grid_fn=Non
         # shuffle=False: the tf.data pipeline shuffles; fit()'s default would only print a warning on a Dataset.
         model.fit(train_data, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
                   callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
-        save_model(model, run_dir / "model.keras")
+        save_model(model, write_dir / "model.keras")
     except (TrainingDiverged, BackupError) as error:
         sys.exit(f"error: {error}")
     except OSError as error:
         sys.exit(f"error: {describe_error(error, 'training')} The run keeps every epoch completed before: "
                  f"continue it with `{resume}` once that is fixed.")
+    finally:
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+    if config.distribute == "multiworker":
+        print(f"weights fingerprint {weights_fingerprint(model)} (equal on every worker)", flush=True)
+    if not chief:
+        print(f"trained in {(time.time() - started) / 60:.1f} min; the chief saved the model in {run_dir}", flush=True)
+        return run_dir
     print(f"trained in {(time.time() - started) / 60:.1f} min (this process; {training_minutes(run_dir):.1f} min "
           f"over all epochs in log.csv); model saved to {run_dir / 'model.keras'}", flush=True)
     if config.evaluate:
@@ -1022,6 +1112,35 @@ def train(model, config, *, script, pipeline, steps, describe, image_grid_fn=Non
             sys.exit(f"error: {describe_error(error, 'the evaluation')} The trained model is safe in {run_dir}; "
                      f"evaluate it with `python eval_latents.py --ckpt {shlex.quote(str(run_dir))} --out DIR`.")
     return run_dir
+
+
+def _fit_under_strategy(model, multiworker):
+    """Work around defects of Keras 3 fit() under a tf.distribute strategy, on this model instance only.
+
+    1. Before the first epoch, fit() reads one batch from the pipeline to build the model symbolically and then
+       starts the pipeline again. Our pipelines draw epoch k's pairs on their k-th pass, so the first epoch
+       trained on the second pass's pairs, unlike a run without --distribute. Our models are built before
+       fit(), so that build needs no batch: it is made without reading one (only the optimizer is built).
+       Under MultiWorkerMirroredStrategy the batch read would also fail: fit() reduces it over the workers in
+       one strategy.reduce call, which cannot take our nested batches (keras-team/keras#20329, open).
+    2. multiworker: fit() averages each logged value over the workers with strategy.reduce("MEAN", value,
+       axis=0), which fails on the scalars every train_step returns (keras-team/keras#20585, open). The step's
+       values are returned as one-element vectors, whose axis-0 mean over the replicas is the scalar fit()
+       expects.
+    """
+    if not model.built:
+        raise ValueError("Build the model (model.build()) before fit() under a tf.distribute strategy.")
+    build, step = model._maybe_symbolic_build, model.train_step
+
+    def build_without_reading(iterator=None, data_batch=None):
+        return build(data_batch=data_batch)
+
+    def train_step(data):
+        return {name: ops.reshape(value, (1,)) for name, value in step(data).items()}
+
+    model._maybe_symbolic_build = build_without_reading
+    if multiworker:
+        model.train_step = train_step
 
 
 def describe_error(error, doing):

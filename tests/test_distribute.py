@@ -96,3 +96,11 @@ def test_a_mirrored_run_trains_and_resumes(tiny_mnist, tmp_path, run_script):
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["distribute"] == "mirrored"
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3  # header and epochs 0, 1
+    # The strategy trains on the same batches as no strategy: fit() must not take a pass of the pipeline (whose
+    # k-th pass draws epoch k's batches) to build the model before the first epoch.
+    result = run_script("beta_vae.py", "--dataset", "mnist", "--architecture", "mlp", "--epochs", "1",
+                        "--out", str(tmp_path / "plain"), *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = [(tmp_path / name / "log.csv").read_text().splitlines()[1].split(",") for name in ("run", "plain")]
+    header = (tmp_path / "plain" / "log.csv").read_text().splitlines()[0].split(",")
+    assert float(first[0][header.index("loss")]) == pytest.approx(float(first[1][header.index("loss")]), rel=1e-5)
