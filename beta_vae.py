@@ -273,12 +273,14 @@ def main(argv=None):
     common.configure_cpu(one_thread_per_op=False)
     common.set_precision(config.precision)
     common.set_seed(config.seed)
+    # Before TensorFlow's first op, which --distribute multiworker must precede (it configures the runtime).
+    strategy = common.distribution(config, config.batch_size)
     try:
         dataset = data.load_dataset(config.dataset, config.data_dir)
     except data.DataError as error:
         sys.exit(f"error: {error}")
     steps = config.steps_per_epoch or len(dataset.rows("train")) // config.batch_size
-    with common.distribution(config, config.batch_size).scope():  # built where --distribute trains it
+    with strategy.scope():  # built where --distribute trains it
         model = BetaVAE(dataset.image_shape, architecture=config.architecture, z_dim=config.z_dim,
                         objective=config.objective, beta=config.beta, gamma=config.gamma,
                         capacity_max=config.capacity_max, capacity_steps=config.capacity_steps, seed=config.seed)

@@ -351,12 +351,14 @@ def main(argv=None):
     common.configure_cpu(one_thread_per_op=True)  # before the first op: see its docstring
     common.set_precision(config.precision)
     common.set_seed(config.seed)
+    # Before TensorFlow's first op, which --distribute multiworker must precede (it configures the runtime).
+    strategy = common.distribution(config, config.batch_size)
     try:
         dataset = data.load_dataset(config.dataset, config.data_dir)
     except data.DataError as error:
         sys.exit(f"error: {error}")
     steps = config.steps_per_epoch or len(dataset.rows("train")) // config.batch_size
-    with common.distribution(config, config.batch_size).scope():  # built where --distribute trains it
+    with strategy.scope():  # built where --distribute trains it
         model = CycleVAE(
             dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
             reconstruction_weight=config.reconstruction_weight, kl_weight=config.kl_weight,

@@ -329,6 +329,11 @@ def main(argv=None):
     common.configure_cpu(one_thread_per_op=False)  # one chain of ops per step: TensorFlow's default threads
     common.set_precision(config.precision)
     common.set_seed(config.seed)
+    # Before TensorFlow's first op, which --distribute multiworker must precede (it configures the runtime).
+    strategy = common.distribution(config, config.batch_size if config.grouping == "batch" else config.groups)
+    if config.grouping == "batch" and strategy.num_replicas_in_sync > 1:
+        sys.exit("error: --grouping batch forms its groups from the labels of the whole batch, which --distribute "
+                 "would split over the replicas; use --grouping sampler (the default), whose groups stay whole.")
     try:
         dataset = data.load_dataset(config.dataset, config.data_dir)
         training_data(dataset, config)  # fails here, not in fit(), when the split cannot fill a batch of groups
@@ -338,10 +343,6 @@ def main(argv=None):
         sys.exit(f"error: {error}; lower --groups or --group-size.")
     images_per_step = config.batch_size if config.grouping == "batch" else config.groups * config.group_size
     steps = config.steps_per_epoch or len(dataset.rows("train")) // images_per_step
-    strategy = common.distribution(config, config.batch_size if config.grouping == "batch" else config.groups)
-    if config.grouping == "batch" and strategy.num_replicas_in_sync > 1:
-        sys.exit("error: --grouping batch forms its groups from the labels of the whole batch, which --distribute "
-                 "would split over the replicas; use --grouping sampler (the default), whose groups stay whole.")
     with strategy.scope():  # the model and its optimizer are built where --distribute trains them
         model = MLVAE(dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
                       architecture=config.architecture, content_sampling=config.content_sampling,

@@ -45,15 +45,15 @@ def free_ports(count):
     return ports
 
 
-def run_workers(args, cwd, scratch, count=2):
-    """cycle_vae.py in `count` worker processes of one TF_CONFIG cluster on 127.0.0.1 -> their CompletedProcess-es."""
+def run_workers(args, cwd, scratch, count=2, script="cycle_vae.py"):
+    """The script in `count` worker processes of one TF_CONFIG cluster on 127.0.0.1 -> their CompletedProcess-es."""
     cluster = [f"127.0.0.1:{port}" for port in free_ports(count)]
     processes = []
     for index in range(count):
         tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
         env = {**os.environ, data.OFFLINE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "3",
                "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch)}
-        processes.append(subprocess.Popen([sys.executable, str(ROOT / "cycle_vae.py"), *args], cwd=cwd, env=env,
+        processes.append(subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for process in processes:
@@ -116,6 +116,28 @@ def test_two_workers_train_in_step_write_one_run_folder_and_resume(tmp_path, run
     assert fingerprint(workers[0]) == fingerprint(workers[1])
     assert [row["epoch"] for row in losses(tmp_path / "run")] == [0, 1, 2]
     assert not any(scratch.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, flags", [
+    ("adversarial_disentangle.py", ["--batch-size", "16"]),
+    ("mlvae.py", ["--groups", "4", "--group-size", "4"]),
+    ("beta_vae.py", ["--architecture", "mlp", "--batch-size", "16"]),
+])
+def test_every_model_trains_in_step_on_two_workers(tmp_path, run_script, script, flags):
+    """Each script creates its strategy before TensorFlow's first op and trains as one process would."""
+    root = tiny_real_mnist(tmp_path / "data")
+    flags = ["--dataset", "mnist", *flags, "--steps-per-epoch", "2", "--epochs", "1", "--no-evaluate",
+             "--data-dir", str(root)]
+    workers = run_workers([*flags, "--distribute", "multiworker", "--out", str(tmp_path / "run")], cwd=tmp_path,
+                          scratch=tmp_path, script=script)
+    for result in workers:
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert fingerprint(workers[0]) == fingerprint(workers[1])
+    single = run_script(script, *flags, "--out", str(tmp_path / "single"), cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    for together, alone in zip(losses(tmp_path / "run"), losses(tmp_path / "single"), strict=True):
+        assert together == pytest.approx(alone, rel=1e-4)
 
 
 def test_multiworker_without_tf_config_says_how_to_set_it(monkeypatch):
