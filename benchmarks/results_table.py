@@ -7,9 +7,10 @@
 Every number in a row is read from pretrained/<name>.metrics.json, which `eval_latents.py --ckpt
 pretrained/<name>.keras` writes (as eval/metrics.json of runs/eval_<name>/; copy it beside the checkpoint). The
 training command comes from the first command line in pretrained/<name>.command.txt, without the flags that only
-say where this machine kept its data and run (--data-dir, --out). Only the papers' figures and the links to the
-results pages are written here, in ROWS. tests/test_results_table.py fails when the README's table is not what
-this script writes, so a number a user reads can always be traced to a file they can re-create.
+say where this machine kept its data and run (--data-dir, --out). Only the papers' figures, the links to the
+results pages and a seed study's medians (copied from the page that gives the study's command, since a study's
+run folders are not published) are written here, in ROWS. tests/test_results_table.py fails when the README's
+table is not what this script writes, so a number a user reads can always be traced to a file they can re-create.
 """
 import argparse
 import dataclasses
@@ -24,7 +25,7 @@ PRETRAINED = ROOT / "pretrained"
 README = ROOT / "README.md"
 START = "<!-- results-table: written by `python benchmarks/results_table.py --write` from pretrained/*.metrics.json -->"
 END = "<!-- /results-table -->"
-HEADER = ("| model | dataset | key numbers (test probe accuracy, %) | published | training command | reproduce "
+HEADER = ("| model | dataset | key numbers | published | training command | reproduce "
           "| details |\n|---|---|---|---|---|---|---|")
 MACHINE_FLAGS = ("--data-dir", "--out")  # where one machine kept its data and run folder: not part of the recipe
 
@@ -44,6 +45,13 @@ def mnist_split_codes(metrics, s_name="s"):
             f"z mean {_percent(probes['z/digit/mlp/mean'])}; chance {_percent(metrics['chance']['digit'])}")
 
 
+def dsprites_scores(metrics):
+    """Key numbers of an unsupervised model on dSprites: the disentanglement_lib scores at study sizes (0 to 1)."""
+    scores = metrics["disentanglement"]
+    return (f"BetaVAE {scores['beta_vae']:.3f}, FactorVAE {scores['factor_vae']:.3f}, MIG {scores['mig']:.3f}, "
+            f"DCI {scores['dci/disentanglement']:.3f}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     name: str  # pretrained/<name>.keras, .metrics.json, .command.txt
@@ -51,6 +59,7 @@ class Row:
     published: str  # the papers' own figures and the public checkpoints scored our way (docs/results/...)
     details: str  # link into docs/results
     numbers: object = mnist_split_codes  # metrics.json -> the key-numbers text
+    also: str = ""  # written after the checkpoint's numbers: a seed study's figures, with the page that holds them
 
     def files(self, folder):
         return {kind: folder / f"{self.name}{suffix}" for kind, suffix in
@@ -68,6 +77,12 @@ ROWS = (
         "Bouchacourt et al. 2018 / public code: sampled style 42.06; public checkpoint re-scored: class 75.5",
         "[mlvae.md](docs/results/mlvae.md)",
         numbers=lambda metrics: mnist_split_codes(metrics, s_name="s (one image)")),
+    Row("beta_vae_dsprites", "beta-VAE, beta 16",
+        "Locatello et al. 2019 bands for beta-VAE (encoder mean): BetaVAE 0.75-0.90, FactorVAE 0.55-0.80, "
+        "MIG 0.05-0.35, DCI 0.10-0.45",
+        "[beta_vae.md](docs/results/beta_vae.md#the-published-checkpoint)", numbers=dsprites_scores,
+        also="median of 3 seeds ([study](docs/results/beta_vae.md#beta--16-50-epochs-three-seeds)): 0.879, 0.597, "
+             "0.394, 0.511"),
 )
 
 
@@ -112,6 +127,8 @@ def row_text(row, folder=PRETRAINED):
     except KeyError as error:
         raise TableError(f"{files['metrics']} lacks {error}, which its row needs; evaluate {expected} again with "
                          "this version of eval_latents.py.") from error
+    if row.also:
+        numbers = f"{numbers}; {row.also}"
     command = training_command(files["command"])
     reproduce = f"`python eval_latents.py --ckpt {expected}`"
     return f"| {model} | {dataset} | {numbers} | {row.published} | `{command}` | {reproduce} | {row.details} |"
