@@ -3,6 +3,7 @@
     python benchmarks/comparison.py                                     # the table, from pretrained/*.metrics.json
     python benchmarks/comparison.py --figure docs/images/comparison_mnist_swap_grids.png --data-dir DIR
     python benchmarks/comparison.py --study cycle_vae_mnist=runs/cycle_vae_mnist_seeds.json ...
+    python benchmarks/comparison.py --sprites                           # the Sprites matrices, one seed each
 
 The table has one row per model: the MLP probe accuracies (%) of s, of a sampled z and of z's mean for the
 digit (docs/evaluation.md), z's active dimensions, chance and the figures the papers published. Without --study
@@ -10,7 +11,12 @@ a row is the evaluation of the model's checkpoint in pretrained/ (one seed); wit
 median over the seeds of a benchmarks/seed_study.py summary (<out>_seeds.json), with the lowest and highest
 seed beside it. The figure puts the three models' swap grids on the same eight test digits (one per class),
 each through the shared encode/decode interface: row r, column c decodes z of the column's image with s of
-the row's image, so a good model draws the row's digit in the column's style. Results: docs/results/comparison.md.
+the row's image, so a good model draws the row's digit in the column's style.
+
+With --sprites it writes the {s, z} x {attributes, pose, identity} matrix on Sprites' unseen test identities
+instead: one block of rows per model with a pretrained/<model>_sprites.metrics.json (MLP probes of s, a sampled z
+and z's mean), chance on top, the models without a Sprites checkpoint named under the table. Results:
+docs/results/comparison.md.
 """
 import argparse
 import json
@@ -30,6 +36,12 @@ MODELS = (
     ("adversarial_disentangle_mnist", "Mathieu et al. 2016", "s 98.52, z 66.83"),
     ("mlvae_mnist", "ML-VAE (Bouchacourt et al. 2018), MLP", "sampled style 42.06"),
 )
+# Sprites (every model on cycle_vae.py's conv networks, z 512, s 64). Targets: data.ATTRIBUTES, then the pose
+# (action, direction) and the 100-way identity of the unseen identities.
+SPRITES_MODELS = (("cycle_vae_sprites", "cycle-VAE"), ("adversarial_disentangle_sprites", "Mathieu et al."),
+                  ("mlvae_sprites", "ML-VAE"))
+SPRITES_TARGETS = ("sex", "body", "armor", "hair", "arm", "greaves", "weapon", "action", "direction", "identity")
+SPRITES_CODES = (("s", "s/{}/mlp/mean"), ("z sampled", "z/{}/mlp/sampled"), ("z mean", "z/{}/mlp/mean"))
 COLUMNS = (("s (MLP)", "digit: s"), ("sampled z (MLP)", "digit: z sampled"), ("z mean (MLP)", "digit: z mean"),
            ("z active dims", "z active dims"), ("chance", "digit: chance"))
 
@@ -72,6 +84,31 @@ def table(studies):
     return "\n".join(lines) + "\n"
 
 
+def sprites_table(folder=None):
+    """The Sprites matrices of the models that have a pretrained Sprites evaluation, as Markdown."""
+    folder = PRETRAINED if folder is None else folder
+    found = [(label, json.loads((folder / f"{name}.metrics.json").read_text())) for name, label in SPRITES_MODELS
+             if (folder / f"{name}.metrics.json").is_file()]
+    missing = [f"pretrained/{name}.metrics.json" for name, _ in SPRITES_MODELS
+               if not (folder / f"{name}.metrics.json").is_file()]
+    if not found:
+        raise FileNotFoundError("no Sprites evaluation in pretrained/ (" + ", ".join(missing) + "): evaluate a "
+                                "model's pretrained/<name>_sprites.keras with eval_latents.py --ckpt and copy its "
+                                "metrics.json there.")
+
+    def percent(value):
+        return "" if value is None else f"{100 * value:.1f}"
+
+    lines = ["| model | code (MLP) | " + " | ".join(SPRITES_TARGETS) + " |", "|---" * (len(SPRITES_TARGETS) + 2) + "|",
+             "| | chance | " + " | ".join(percent(found[0][1]["chance"].get(t)) for t in SPRITES_TARGETS) + " |"]
+    for label, metrics in found:
+        for code, key in SPRITES_CODES:
+            lines.append(f"| {label} | {code} | "
+                         + " | ".join(percent(metrics["probes"].get(key.format(t))) for t in SPRITES_TARGETS) + " |")
+    text = "\n".join(lines) + "\n"
+    return text + (f"\nNot yet evaluated: {', '.join(missing)}.\n" if missing else "")
+
+
 def figure(path, data_dir):
     """The three models' swap grids on the same eight test digits, side by side, as one PNG."""
     import matplotlib
@@ -109,6 +146,8 @@ def main(argv=None):
                         help="a model's seed-study summary (<out>_seeds.json) instead of its pretrained evaluation; "
                              f"NAME is one of {', '.join(name for name, _, _ in MODELS)}")
     parser.add_argument("--figure", help="also write the swap-grid figure to this PNG")
+    parser.add_argument("--sprites", action="store_true",
+                        help="write the Sprites matrices (pretrained/*_sprites.metrics.json), not the MNIST table")
     parser.add_argument("--data-dir", help="data directory for the figure's test digits (default: data.py's)")
     args = parser.parse_args(argv)
     studies = {}
@@ -120,8 +159,11 @@ def main(argv=None):
         if not pathlib.Path(file).is_file():
             parser.error(f"--study {item!r}: {file} does not exist (benchmarks/seed_study.py writes <out>_seeds.json)")
         studies[name] = file
+    if args.sprites and (studies or args.figure):
+        parser.error("--sprites writes the Sprites matrices of the pretrained checkpoints; --study and --figure "
+                     "belong to the MNIST table, run them without --sprites")
     try:
-        print(table(studies), end="")
+        print(sprites_table() if args.sprites else table(studies), end="")
     except FileNotFoundError as error:
         sys.exit(f"error: {error}")
     if args.figure:

@@ -62,3 +62,38 @@ def test_a_bad_study_argument_is_refused(pretrained, capsys, argument, message):
     with pytest.raises(SystemExit):
         comparison.main(["--study", argument])
     assert message in capsys.readouterr().err
+
+
+def sprites_metrics(s, z_sampled, z_mean):
+    targets = comparison.SPRITES_TARGETS
+    probes = {}
+    for target in targets:
+        probes.update({f"s/{target}/mlp/mean": s, f"z/{target}/mlp/sampled": z_sampled, f"z/{target}/mlp/mean": z_mean})
+    return {"probes": probes, "chance": {target: 0.25 for target in targets}}
+
+
+def test_the_sprites_matrix_has_a_block_per_evaluated_model_and_names_the_others(tmp_path):
+    (tmp_path / "cycle_vae_sprites.metrics.json").write_text(json.dumps(sprites_metrics(0.995, 0.30, 0.9)))
+    (tmp_path / "mlvae_sprites.metrics.json").write_text(json.dumps(sprites_metrics(0.97, 0.26, 0.5)))
+    text = comparison.sprites_table(tmp_path)
+    lines = text.splitlines()
+    targets = len(comparison.SPRITES_TARGETS)
+    assert lines[0].count("|") == targets + 3
+    assert lines[2] == "| | chance | " + " | ".join(["25.0"] * targets) + " |"
+    assert lines[3] == "| cycle-VAE | s | " + " | ".join(["99.5"] * targets) + " |"
+    assert lines[4] == "| cycle-VAE | z sampled | " + " | ".join(["30.0"] * targets) + " |"
+    assert lines[6] == "| ML-VAE | s | " + " | ".join(["97.0"] * targets) + " |"
+    assert len([line for line in lines if line.startswith("| ")]) == 2 + 2 * 3  # header, chance, two blocks
+    assert lines[-1] == "Not yet evaluated: pretrained/adversarial_disentangle_sprites.metrics.json."
+
+
+def test_no_sprites_evaluation_at_all_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(comparison, "PRETRAINED", tmp_path)
+    with pytest.raises(SystemExit, match="no Sprites evaluation in pretrained/"):
+        comparison.main(["--sprites"])
+
+
+def test_sprites_does_not_mix_with_the_mnist_options(capsys):
+    with pytest.raises(SystemExit):
+        comparison.main(["--sprites", "--figure", "x.png"])
+    assert "--study and --figure belong to the MNIST table" in capsys.readouterr().err
