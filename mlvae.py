@@ -336,13 +336,14 @@ def main(argv=None):
                  "would split over the replicas; use --grouping sampler (the default), whose groups stay whole.")
     try:
         dataset = data.load_dataset(config.dataset, config.data_dir)
-        training_data(dataset, config)  # fails here, not in fit(), when the split cannot fill a batch of groups
+        first = training_data(dataset, config)  # fails here, not in fit(), when the split cannot fill a batch of groups
     except data.DataError as error:
         sys.exit(f"error: {error}")
     except ValueError as error:
         sys.exit(f"error: {error}; lower --groups or --group-size.")
     images_per_step = config.batch_size if config.grouping == "batch" else config.groups * config.group_size
-    steps = config.steps_per_epoch or len(dataset.rows("train")) // images_per_step
+    # An epoch is the batches the sampler gives: each class's remainder after its last whole group is left out.
+    steps = config.steps_per_epoch or int(first.cardinality())
     with strategy.scope():  # the model and its optimizer are built where --distribute trains them
         model = MLVAE(dataset.image_shape, dataset=config.dataset, z_dim=config.z_dim, s_dim=config.s_dim,
                       architecture=config.architecture, content_sampling=config.content_sampling,
