@@ -48,14 +48,14 @@ def mnist_split_codes(metrics, s_name="s"):
 SPRITES_ALWAYS_DRAWN = ("sex", "body", "armor", "hair", "arm", "greaves")  # data.ATTRIBUTES but the weapon
 
 
-def sprites_split_codes(metrics):
+def sprites_split_codes(metrics, s_name="s"):
     """Key numbers of a specified/unspecified model on Sprites: the 100-way identity of unseen identities from s,
     a sampled z and z's mean (MLP probes), and s on the attributes drawn in every frame."""
     probes = metrics["probes"]
     attributes = [probes[f"s/{name}/mlp/mean"] for name in SPRITES_ALWAYS_DRAWN]
-    return (f"identity (100-way, unseen identities): s {_percent(probes['s/identity/mlp/mean'])}, sampled z "
+    return (f"identity (100-way, unseen identities): {s_name} {_percent(probes['s/identity/mlp/mean'])}, sampled z "
             f"{_percent(probes['z/identity/mlp/sampled'])}, z mean {_percent(probes['z/identity/mlp/mean'])}; chance "
-            f"{_percent(metrics['chance']['identity'])}. s on the six always-drawn attributes "
+            f"{_percent(metrics['chance']['identity'])}. {s_name} on the six always-drawn attributes "
             f"{_percent(min(attributes))}-{_percent(max(attributes))}")
 
 
