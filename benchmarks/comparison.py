@@ -27,6 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import data  # noqa: E402  (ATTRIBUTES: the Sprites attribute names, in the loader's order)
 import seed_study  # noqa: E402  (headline(): the probe scores of one metrics.json, as the seed studies read them)
 
 PRETRAINED = ROOT / "pretrained"
@@ -40,7 +41,7 @@ MODELS = (
 # (action, direction) and the 100-way identity of the unseen identities.
 SPRITES_MODELS = (("cycle_vae_sprites", "cycle-VAE"), ("adversarial_disentangle_sprites", "Mathieu et al."),
                   ("mlvae_sprites", "ML-VAE"))
-SPRITES_TARGETS = ("sex", "body", "armor", "hair", "arm", "greaves", "weapon", "action", "direction", "identity")
+SPRITES_TARGETS = data.ATTRIBUTES + ("action", "direction", "identity")
 SPRITES_CODES = (("s", "s/{}/mlp/mean"), ("z sampled", "z/{}/mlp/sampled"), ("z mean", "z/{}/mlp/mean"))
 COLUMNS = (("s (MLP)", "digit: s"), ("sampled z (MLP)", "digit: z sampled"), ("z mean (MLP)", "digit: z mean"),
            ("z active dims", "z active dims"), ("chance", "digit: chance"))
@@ -87,10 +88,13 @@ def table(studies):
 def sprites_table(folder=None):
     """The Sprites matrices of the models that have a pretrained Sprites evaluation, as Markdown."""
     folder = PRETRAINED if folder is None else folder
-    found = [(label, json.loads((folder / f"{name}.metrics.json").read_text())) for name, label in SPRITES_MODELS
-             if (folder / f"{name}.metrics.json").is_file()]
-    missing = [f"pretrained/{name}.metrics.json" for name, _ in SPRITES_MODELS
-               if not (folder / f"{name}.metrics.json").is_file()]
+    found, missing = [], []
+    for name, label in SPRITES_MODELS:
+        path = folder / f"{name}.metrics.json"
+        if path.is_file():
+            found.append((label, json.loads(path.read_text())))
+        else:
+            missing.append(f"pretrained/{name}.metrics.json")
     if not found:
         raise FileNotFoundError("no Sprites evaluation in pretrained/ (" + ", ".join(missing) + "): evaluate a "
                                 "model's pretrained/<name>_sprites.keras with eval_latents.py --ckpt and copy its "

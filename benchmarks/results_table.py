@@ -21,6 +21,10 @@ import shlex
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402  (ATTRIBUTES: the Sprites attribute names)
+
 PRETRAINED = ROOT / "pretrained"
 README = ROOT / "README.md"
 START = "<!-- results-table: written by `python benchmarks/results_table.py --write` from pretrained/*.metrics.json -->"
@@ -45,7 +49,7 @@ def mnist_split_codes(metrics, s_name="s"):
             f"z mean {_percent(probes['z/digit/mlp/mean'])}; chance {_percent(metrics['chance']['digit'])}")
 
 
-SPRITES_ALWAYS_DRAWN = ("sex", "body", "armor", "hair", "arm", "greaves")  # data.ATTRIBUTES but the weapon
+SPRITES_ALWAYS_DRAWN = tuple(name for name in data.ATTRIBUTES if name != "weapon")  # the weapon: some frames
 
 
 def sprites_split_codes(metrics, s_name="s"):
