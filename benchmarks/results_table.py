@@ -98,6 +98,9 @@ ROWS = (
         "Bouchacourt et al. 2018 / public code: sampled style 42.06; public checkpoint re-scored: class 75.5",
         "[mlvae.md](docs/results/mlvae.md)",
         numbers=lambda metrics: mnist_split_codes(metrics, s_name="s (one image)")),
+    Row("mlvae_sprites", "ML-VAE, conv", "no published Sprites probe figure",
+        "[mlvae.md](docs/results/mlvae.md#sprites-conv-network-16-epochs)",
+        numbers=lambda metrics: sprites_split_codes(metrics, s_name="s (one image)")),
     Row("beta_vae_dsprites", "beta-VAE, beta 16",
         "Locatello et al. 2019 bands for beta-VAE (encoder mean): BetaVAE 0.75-0.90, FactorVAE 0.55-0.80, "
         "MIG 0.05-0.35, DCI 0.10-0.45",
