@@ -354,14 +354,14 @@ class AdversarialDisentangler(keras.Model):
             real, fake_logits = ops.split(logits, 2)
             loss = _bce(real, 1.0 - self.label_smoothing) + _bce(fake_logits, 0.0)
             scaled = self.discriminator_optimizer.scale_loss(loss / common.replicas())
-        gradients = tape.gradient(scaled, variables)
         # D's accuracy over the 2B decisions of this batch, before its update.
         correct = ops.concatenate([ops.cast(logits[:batch] > 0, "float32"), ops.cast(logits[batch:] <= 0, "float32")])
         accuracy = common.replica_mean(ops.mean(correct))  # the global batch's: every replica takes one decision
         gate = {"previous": self.previous_d_accuracy, "current": accuracy}.get(self.d_gate)
         train = tf.constant(True) if gate is None else gate < self.d_gate_threshold
-        # A skipped step, not a zero gradient: Adam's momentum would still move the weights.
-        common.apply_if(train, self.discriminator_optimizer, gradients, variables)
+        # A skipped step, not a zero gradient: Adam's momentum would still move the weights. The backward pass runs
+        # only in the taken branch (on one device), so a closed gate costs D's forward pass alone.
+        common.apply_if(train, self.discriminator_optimizer, lambda: tape.gradient(scaled, variables), variables)
         self.previous_d_accuracy.assign(accuracy)
         return loss, accuracy, ops.cast(train, "float32")
 

@@ -484,13 +484,18 @@ def apply_if(condition, optimizer, gradients, variables):
     move Adam's weights). Under a strategy the choice is made in the cross-replica context, as Keras'
     LossScaleOptimizer does for its skipped steps: a tf.cond in a replica may not hold the optimizer's gradient
     all-reduce (a merge_call).
+
+    `gradients` may be a callable returning them (e.g. `lambda: tape.gradient(loss, variables)`): on one device it
+    is then called inside the taken branch only, so a skipped step also skips the backward pass. Under a strategy it
+    is called in the replica context before the choice, as the all-reduce needs every replica's gradients.
     """
     def apply():
-        optimizer.apply(gradients, variables)
+        optimizer.apply(gradients() if callable(gradients) else gradients, variables)
 
     if replicas() == 1:
         ops.cond(condition, apply, lambda: None)
         return
+    gradients = gradients() if callable(gradients) else gradients
 
     def cross_replica(distribution, condition, gradients):
         first = distribution.experimental_local_results(condition)[0]
@@ -1342,6 +1347,12 @@ def benchmark_training(model, dataset, images_per_step, warmup=20, steps=100):
     }
     result["runtime"] = runtime_settings()
     print(f"benchmark: {result['ms_per_iter']:.2f} ms/iter, {result['images_per_s']:.0f} images/s")
+    # Work that a step may skip (the adversarial model's gated D update) changes the figure: say how often it ran.
+    fractions = {name: float(np.asarray(value)) for name, value in logs.items() if name.endswith("_fraction")}
+    if fractions:
+        result["fractions"] = fractions
+        print(f"benchmark: over all {warmup + steps} steps, " + ", ".join(
+            f"{name} {value:.2f}" for name, value in fractions.items()))
     print("benchmark runtime: " + ", ".join(f"{key} {value}" for key, value in result["runtime"].items()))
     return result
 

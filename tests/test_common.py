@@ -521,6 +521,34 @@ def test_benchmark_training_times_steps_and_prints_one_line(capsys):
     assert result["runtime"]["cpu_cores"] == os.cpu_count()
 
 
+
+class SometimesSkippingModel(CustomStepModel):
+    """Reports, as the adversarial model does for its gated D update, the fraction of steps that took a branch:
+    here every step whose optimizer step count is even (0, 2, 4, 6 of steps 0-6)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fraction_tracker = keras.metrics.Mean(name="gate/trained_fraction")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.fraction_tracker]
+
+    def train_step(self, batch):
+        self.fraction_tracker.update_state(keras.ops.cast(self.optimizer.iterations % 2 == 0, "float32"))
+        logs = super().train_step(batch)
+        return {**logs, "gate/trained_fraction": self.fraction_tracker.result()}
+
+
+def test_benchmark_training_says_how_often_a_skippable_update_ran(capsys):
+    images = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices({"image": images}).batch(8, drop_remainder=True)
+    model = SometimesSkippingModel()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    result = common.benchmark_training(model, dataset, images_per_step=8, warmup=2, steps=5)
+    assert result["fractions"] == {"gate/trained_fraction": pytest.approx(4 / 7)}
+    assert capsys.readouterr().out.splitlines()[1] == "benchmark: over all 7 steps, gate/trained_fraction 0.57"
+
 def test_runtime_settings_reads_thread_counts_from_the_environment_as_ints(monkeypatch):
     # With TensorFlow's own counts left at 0 ("its choice"), the environment's TF_NUM_*_THREADS are reported, and
     # as ints like TensorFlow's counts, so that result["runtime"] holds one type per field.
