@@ -489,13 +489,15 @@ def apply_if(condition, optimizer, gradients, variables):
     is then called inside the taken branch only, so a skipped step also skips the backward pass. Under a strategy it
     is called in the replica context before the choice, as the all-reduce needs every replica's gradients.
     """
-    def apply():
-        optimizer.apply(gradients() if callable(gradients) else gradients, variables)
+    compute = gradients if callable(gradients) else lambda: gradients
+
+    def apply():  # returns None, as the skipping branch does
+        optimizer.apply(compute(), variables)
 
     if replicas() == 1:
         ops.cond(condition, apply, lambda: None)
         return
-    gradients = gradients() if callable(gradients) else gradients
+    gradients = compute()
 
     def cross_replica(distribution, condition, gradients):
         first = distribution.experimental_local_results(condition)[0]

@@ -506,12 +506,17 @@ class CustomStepModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
 
-def test_benchmark_training_times_steps_and_prints_one_line(capsys):
+def _benchmark_on_two_batches(model):
+    """common.benchmark_training of `model` (compiled here) on 2 batches of 8: 2 warm-up and 5 timed steps."""
     images = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices({"image": images}).batch(8, drop_remainder=True)
-    model = CustomStepModel()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    result = common.benchmark_training(model, dataset, images_per_step=8, warmup=2, steps=5)
+    return common.benchmark_training(model, dataset, images_per_step=8, warmup=2, steps=5)
+
+
+def test_benchmark_training_times_steps_and_prints_one_line(capsys):
+    model = CustomStepModel()
+    result = _benchmark_on_two_batches(model)
     assert result["ms_per_iter"] > 0 and result["images_per_s"] > 0
     assert result["steps"] == 5 and result["warmup"] == 2
     assert int(model.optimizer.iterations.numpy()) == 7  # More steps than the 2 batches: the dataset repeated.
@@ -519,7 +524,6 @@ def test_benchmark_training_times_steps_and_prints_one_line(capsys):
     assert re.fullmatch(r"benchmark: \d+\.\d{2} ms/iter, \d+ images/s\nbenchmark runtime: gpus \d+, cpu_cores \d+, "
                         r"cpu_allocator (bfc|default), intra_op_threads \d+, inter_op_threads \d+\n", output)
     assert result["runtime"]["cpu_cores"] == os.cpu_count()
-
 
 
 class SometimesSkippingModel(CustomStepModel):
@@ -541,13 +545,10 @@ class SometimesSkippingModel(CustomStepModel):
 
 
 def test_benchmark_training_says_how_often_a_skippable_update_ran(capsys):
-    images = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
-    dataset = tf.data.Dataset.from_tensor_slices({"image": images}).batch(8, drop_remainder=True)
-    model = SometimesSkippingModel()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    result = common.benchmark_training(model, dataset, images_per_step=8, warmup=2, steps=5)
+    result = _benchmark_on_two_batches(SometimesSkippingModel())
     assert result["fractions"] == {"gate/trained_fraction": pytest.approx(4 / 7)}
     assert capsys.readouterr().out.splitlines()[1] == "benchmark: over all 7 steps, gate/trained_fraction 0.57"
+
 
 def test_runtime_settings_reads_thread_counts_from_the_environment_as_ints(monkeypatch):
     # With TensorFlow's own counts left at 0 ("its choice"), the environment's TF_NUM_*_THREADS are reported, and
