@@ -5,11 +5,12 @@
     python benchmarks/comparison.py --study cycle_vae_mnist=runs/cycle_vae_mnist_seeds.json ...
     python benchmarks/comparison.py --sprites                           # the Sprites matrices, one seed each
 
-The table has one row per model: the MLP probe accuracies (%) of s, of a sampled z and of z's mean for the
+The table has one row per model (the ML-VAE twice: the paper's MLP, and the convolutional encoder and decoder
+the other two use): the MLP probe accuracies (%) of s, of a sampled z and of z's mean for the
 digit (docs/evaluation.md), z's active dimensions, chance and the figures the papers published. Without --study
 a row is the evaluation of the model's checkpoint in pretrained/ (one seed); with --study NAME=FILE it is the
 median over the seeds of a benchmarks/seed_study.py summary (<out>_seeds.json), with the lowest and highest
-seed beside it. The figure puts the three models' swap grids on the same eight test digits (one per class),
+seed beside it. The figure puts the models' swap grids on the same eight test digits (one per class),
 each through the shared encode/decode interface: row r, column c decodes z of the column's image with s of
 the row's image, so a good model draws the row's digit in the column's style.
 
@@ -36,6 +37,7 @@ MODELS = (
     ("cycle_vae_mnist", "cycle-VAE (Jha et al. 2018)", "s 98.35, sampled z 17.56"),
     ("adversarial_disentangle_mnist", "Mathieu et al. 2016", "s 98.52, z 66.83"),
     ("mlvae_mnist", "ML-VAE (Bouchacourt et al. 2018), MLP", "sampled style 42.06"),
+    ("mlvae_mnist_conv", "ML-VAE, the cycle-VAE's conv network", "(the paper's network is the MLP)"),
 )
 # Sprites (every model on cycle_vae.py's conv networks, z 512, s 64). Targets: data.ATTRIBUTES, then the pose
 # (action, direction) and the 100-way identity of the unseen identities.
@@ -114,7 +116,7 @@ def sprites_table(folder=None):
 
 
 def figure(path, data_dir):
-    """The three models' swap grids on the same eight test digits, side by side, as one PNG."""
+    """The models' swap grids on the same eight test digits, side by side, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
