@@ -15,6 +15,7 @@ table is not what this script writes, so a number a user reads can always be tra
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import pathlib
 import shlex
@@ -97,14 +98,14 @@ ROWS = (
     Row("mlvae_mnist", "ML-VAE, MLP, paper setting",
         "Bouchacourt et al. 2018 / public code: sampled style 42.06; public checkpoint re-scored: class 75.5",
         "[mlvae.md](docs/results/mlvae.md)",
-        numbers=lambda metrics: mnist_split_codes(metrics, s_name="s (one image)")),
+        numbers=functools.partial(mnist_split_codes, s_name="s (one image)")),
     Row("mlvae_mnist_conv", "ML-VAE, the cycle-VAE's conv network",
         "Bouchacourt et al. 2018 use the MLP (row above): sampled style 42.06",
         "[mlvae.md](docs/results/mlvae.md#mnist-the-convolutional-network-400-epochs)",
-        numbers=lambda metrics: mnist_split_codes(metrics, s_name="s (one image)")),
+        numbers=functools.partial(mnist_split_codes, s_name="s (one image)")),
     Row("mlvae_sprites", "ML-VAE, conv", "no published Sprites probe figure",
         "[mlvae.md](docs/results/mlvae.md#sprites-conv-network-16-epochs)",
-        numbers=lambda metrics: sprites_split_codes(metrics, s_name="s (one image)")),
+        numbers=functools.partial(sprites_split_codes, s_name="s (one image)")),
     Row("beta_vae_dsprites", "beta-VAE, beta 16",
         "Locatello et al. 2019 bands for beta-VAE (encoder mean): BetaVAE 0.75-0.90, FactorVAE 0.55-0.80, "
         "MIG 0.05-0.35, DCI 0.10-0.45",
