@@ -1,13 +1,17 @@
 """Evaluate a trained model's codes: probes, swap and interpolation grids, t-SNE, loss curves, codes.npz.
 
     python eval_latents.py --ckpt runs/cycle_vae_mnist_.../model.keras [--data-dir DIR] [--quick]
+    python eval_latents.py --ckpt runs/<run>/model.keras --probes-only   (the probes alone, e.g. during training)
     python eval_latents.py --codes FILE.npz [--out FILE.json] [--fast] [--seed N]   (metric suite on given codes)
 
 Writes into <run folder>/eval/ (or --out): report.md (numbers and figures), metrics.json (config, seed,
 versions, timings, results), codes.npz (the evaluated codes and labels, keys <name>_<split>) and PNG figures.
 The folder is written whole or not at all: the evaluation fills <out>.partial-<pid> beside it and only then
 replaces the previous evaluation (evaluation/output.py), so a kill or a full disk leaves the previous one as it
-was. An --out that holds files an evaluation did not write is refused, never emptied.
+was. An --out that holds files an evaluation did not write is refused, never emptied. --probes-only runs the
+probes, the pixel ceiling and z's per-dimension statistics and nothing else (no suite, predictors or figures),
+into <run folder>/eval_probes/ so that it never replaces a full evaluation: a read of the headline numbers in a
+few minutes, on the model.keras that a training run rewrites (atomically) after every epoch.
 
 Failures: a size flag beyond what the data holds is refused (exit 2) before any work; a figure that fails is
 reported in the log and in report.md, the numbers and the other figures are written, and the process then ends
@@ -63,6 +67,7 @@ class EvalConfig:
     fast: bool = False  # Fast metric-suite preset (--codes; --ckpt on dSprites): never mix with full-size numbers.
     swap_pairs: int = 5000  # Test pairs for the ground-truth swap error (data with factors), at most 20,000.
     predictors: bool = True  # Train the predictor networks s -> z and z -> s (specified/unspecified models).
+    probes_only: bool = False  # Probes, pixel ceiling and z per dimension only, into <run folder>/eval_probes.
 
     def __post_init__(self):
         common.check_ranges(self, at_least_one=("probe_epochs", "tsne_points", "sprites_frames_per_identity",

@@ -10,6 +10,7 @@
      ground-truth swap error (Sec. 5; blocks.py);
   6. for specified/unspecified models: the predictor networks s -> z and z -> s (Sec. 3; blocks.py);
   7. codes.npz and metrics.json, then the figures (figures.py, each on its own) and report.md (report.py).
+`--probes-only` stops after step 3 and writes codes.npz, metrics.json and report.md (no figures).
 Everything is written into a staging folder that replaces the output folder only when complete
 (evaluation/output.py). `config` is an eval_latents.EvalConfig.
 """
@@ -81,12 +82,13 @@ def evaluate_checkpoint(config):
             setattr(config, name, min(getattr(config, name), cap))
     started = time.time()
     model, info = load_model(config.ckpt)
+    folder = "eval_probes" if config.probes_only else "eval"  # a probes-only read never replaces a full evaluation
     if config.out:
         out = pathlib.Path(config.out)
     elif info["run_dir"] is not None:
-        out = pathlib.Path(info["run_dir"]) / "eval"
+        out = pathlib.Path(info["run_dir"]) / folder
     else:  # an exported checkpoint (pretrained/): its folder is not a run folder to write into
-        out = pathlib.Path("runs") / f"eval_{pathlib.Path(info['path']).stem}"
+        out = pathlib.Path("runs") / f"{folder}_{pathlib.Path(info['path']).stem}"
     out = out.resolve()
 
     def log(message):
@@ -150,8 +152,10 @@ def evaluate_into(out, model, info, config, changed, capped, started, log):
                "chance": probes.chance_levels(labels, tasks), "z_dimensions": dimensions,
                "representations": {k: list(v) for k, v in representations.items()}, "notices": notices,
                "timings": timings}
+    if info["run_dir"] is not None:  # which epoch a read taken during training saw
+        results["trained_epochs"] = logged_epochs(pathlib.Path(info["run_dir"]) / "log.csv")
     full = None  # the mean code in dataset row order, where the data has factors and every row is encoded
-    if dataset.factor_names and len(all_rows) == len(dataset.images):
+    if dataset.factor_names and len(all_rows) == len(dataset.images) and not config.probes_only:
         full = dataset_order_code(codes, all_rows)
         with timed(timings, "disentanglement"):
             suite = disentanglement_suite(full, "s" in codes, dataset, config, log)
@@ -160,7 +164,7 @@ def evaluate_into(out, model, info, config, changed, capped, started, log):
     if "disentanglement" in results and "s" in codes:
         swap_figure = block_metrics(model, full, codes["s"].shape[1], dataset, rows["test"], results, config,
                                     timings, log)
-    if "s" in codes and config.predictors:
+    if "s" in codes and config.predictors and not config.probes_only:
         with timed(timings, "predictors"):
             results["predictors"], predictor_images = blocks.predictor_networks(
                 model, codes["s"], codes["z_mean"], tasks[dataset.specified_targets()[0]], config,
@@ -170,12 +174,14 @@ def evaluate_into(out, model, info, config, changed, capped, started, log):
     save_codes(out / "codes.npz", codes, sampled_z, dataset, rows)
     results["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     common.write_json(out / "metrics.json", results)
-    with timed(timings, "figures"):
-        log_csv = (pathlib.Path(info["run_dir"]) / "log.csv" if info["run_dir"] is not None
-                   else common.log_beside(info["path"]))  # an exported checkpoint's log lies beside it
-        figure_entries, failed = figures.write_figures(
-            model, dataset, rows["test"], representations, labels, dimensions, config, out, log_csv, swap_figure,
-            predictor_images, log=log)
+    figure_entries, failed = [], {}
+    if not config.probes_only:
+        with timed(timings, "figures"):
+            log_csv = (pathlib.Path(info["run_dir"]) / "log.csv" if info["run_dir"] is not None
+                       else common.log_beside(info["path"]))  # an exported checkpoint's log lies beside it
+            figure_entries, failed = figures.write_figures(
+                model, dataset, rows["test"], representations, labels, dimensions, config, out, log_csv,
+                swap_figure, predictor_images, log=log)
     results["figures"] = {"written": [file for _, file in figure_entries], "failed": failed}
     timings["total"] = time.time() - started
     try:
@@ -210,7 +216,7 @@ def check_sizes(config, dataset, changed, capped):
                    f"{fewest}.")
     test_rows = len(dataset.rows("test"))
     if config.tsne_points > test_rows:
-        if "tsne_points" in changed:
+        if "tsne_points" in changed and not config.probes_only:  # else flag_notices says it is ignored
             notice(f"--tsne-points {config.tsne_points} is more than the {test_rows} test rows of {dataset.name}; "
                    f"the t-SNE plots show all {test_rows}", notices)
         config.tsne_points = test_rows
@@ -230,11 +236,23 @@ def flag_notices(config, dataset, has_s, changed):
         "fast": (None if dataset.factor_names else
                  f"{no_factors}, so the disentanglement suite whose preset it picks does not run"),
     }
+    if config.probes_only:  # these belong to the steps that --probes-only skips
+        for name in ("predictors", "swap_pairs", "fast", "tsne_points"):
+            ignored[name] = "--probes-only runs the probes alone"
     notices = []
     for name, why in ignored.items():
         if why is not None and name in changed:
             notice(f"{flag_text(name, getattr(config, name))} is ignored: {why}", notices)
     return notices
+
+
+def logged_epochs(log_csv):
+    """The epochs a run's log.csv records (its rows below the header), or None where it cannot be read."""
+    try:
+        with open(log_csv) as handle:
+            return max(sum(1 for line in handle if line.strip()) - 1, 0)
+    except OSError:
+        return None
 
 
 def load_model(path):

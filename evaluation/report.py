@@ -83,7 +83,11 @@ def write_report(out, info, results, figures):
     """report.md in `out` from the results (the dict that metrics.json holds) and the (title, file) figure entries."""
     lines = [f"# Evaluation of {info['script']} on {info['config'].get('dataset')}", "",
              f"Checkpoint: `{results['checkpoint']}`  ", f"Evaluated {results['date']} in "
-             f"{results['timings']['total']:.0f} s (eval seed {results['eval_seed']}).", ""]
+             f"{results['timings']['total']:.0f} s (eval seed {results['eval_seed']})."
+             + (f" The run had logged {results['trained_epochs']} epochs." if results.get("trained_epochs") else ""),
+             ""]
+    if results["eval_config"].get("probes_only"):
+        lines += ["Probes only (`--probes-only`): no disentanglement suite, predictor networks or figures.", ""]
     lines += problems_section(results.get("figures", {}).get("failed", {}), results.get("notices", []))
     lines += ["## Probe test accuracy (%)", "",
              "Lower is better on the block that should not carry the target; `pixels` is the ceiling.", "",

@@ -285,6 +285,24 @@ def test_quick_capping_an_explicit_flag_gets_a_notice(evaluate, capsys):
     assert len(notices) == 1 and "--probe-epochs 50" in notices[0] and "--quick" in notices[0]
 
 
+def test_probes_only_writes_the_numbers_beside_a_full_evaluation_and_leaves_it_untouched(evaluate, capsys):
+    _, _, run_dir = evaluate()
+    full = contents(run_dir / "eval")
+    (run_dir / "log.csv").write_text("epoch,loss\n0,1.0\n1,0.5\n2,0.4\n")
+    capsys.readouterr()
+    results, _, _ = evaluate("--probes-only", "--no-predictors")
+    out = run_dir / "eval_probes"
+    assert sorted(p.name for p in out.iterdir()) == ["codes.npz", "metrics.json", "report.md"]
+    assert contents(run_dir / "eval") == full  # the full evaluation is not replaced
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["eval_config"]["probes_only"] and written["trained_epochs"] == 3
+    assert "predictors" not in written and written["figures"] == {"written": [], "failed": {}}
+    assert "predictors" in json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert "Probes only" in (out / "report.md").read_text() and "logged 3 epochs" in (out / "report.md").read_text()
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
+    assert len(notices) == 1 and "--no-predictors" in notices[0] and "--probes-only" in notices[0]
+
+
 def product(*sizes):
     return np.stack(np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij"), -1).reshape(-1, len(sizes))
 
