@@ -7,20 +7,22 @@ stacked on the channels and says whether the second is a real image of the first
 sees pairs, never class labels. Every iteration takes three kinds of step (docs/methods.md Sec. 4):
 
   A. auto-encoder, on a same-class pair (x1, x2):
-       L_ae = [SSE(Dec(z1, s1), x1) + SSE(Dec(z1, s2), x1) + KL(x1)] / P        (batch mean)
+       L_ae = [SSE(Dec(z1, s1), x1) + SSE(Dec(z1, s2), x1) + beta * KL(x1)] / P        (batch mean)
   B. generator, `generator_steps` times (2), on a pair of different classes (x1, x3) and z_p ~ N(0, I):
-       L_gen = CE(D(x3, Dec(z1, s3)), real) + CE(D(x3, Dec(z_p, s3)), real) + KL(x1) / P
+       L_gen = CE(D(x3, Dec(z1, s3)), real) + CE(D(x3, Dec(z_p, s3)), real) + beta * KL(x1) / P
   C. discriminator, on a same-class pair (a, b) and an unrelated image x1, the fake detached:
        L_d = CE(D(a, b), real) + CE(D(a, Dec(mu(x1), s(a))), fake)
      taken only while D's accuracy on the previous batch is below 80 % (`d_gate`, `d_gate_threshold`).
 
-Code names: SSE / P is `_reconstruction` (Bernoulli NLL on dSprites), KL is `_kl` (nats summed over z), CE is
-`_bce` on D's one logit (the reference's 2-way softmax is the same model: a sigmoid of the logit difference);
-P = pixels per image. Optimizers (`--optimizers`): `reference` gives A, B and C each their own Adam (lr 1e-4,
-betas 0.5 / 0.999), as the public PyTorch code does; Adam normalises each step, so there the step counts
-(1 A : 2 B) set the balance and loss weights would be inert. `joint` takes one Adam step on
-L_ae + w_adv * L_adv for the encoder and decoder (w_adv = adversarial_weight, 0.01 as in the official Lua code),
-plus C: a real weight with one optimizer fewer.
+Code names: SSE / P is `_reconstruction` (Bernoulli NLL on dSprites), KL is `_kl` (nats summed over z), CE is `_bce`
+on D's one logit (the reference's 2-way softmax is the same model: a sigmoid of the logit difference); P = pixels
+per image; beta = `kl_weight`, 1 in the paper and the reference code (a larger one narrows z, as in a beta-VAE,
+Higgins et al. 2017: nothing else in the method keeps the class out of z). Optimizers (`--optimizers`): `reference`
+gives A, B and C each their own Adam (lr 1e-4, betas 0.5 / 0.999), as the public PyTorch code does; Adam normalises
+each step, so there the step counts (1 A : 2 B) set the balance and the weight of a whole step's loss would be inert
+(beta weighs KL against the other terms of its step, which does count). `joint` takes one Adam step on L_ae + w_adv
+* L_adv for the encoder and decoder (w_adv = adversarial_weight, 0.01 as in the official Lua code), plus C: a real
+weight with one optimizer fewer.
 
 Where we deliberately differ from the reference code (ananyahjha93/disentangling-factors-of-variation-using-
 adversarial-training): D's gate uses the previous batch's accuracy, as its README states (the code uses the
@@ -74,6 +76,7 @@ class Config(common.RunConfig):
     d_gate: Literal["previous", "current", "off"] = "previous"  # D steps only while its accuracy is low.
     d_gate_threshold: float = 0.8  # D steps while its accuracy (previous or current batch) is below this.
     label_smoothing: float = 0.0  # D's target for real pairs is 1 - this (the Lua code: 0.05).
+    kl_weight: float = 1.0  # beta on z's KL in steps A and B (1: the paper and the reference code).
     reconstruction: Literal["auto", "mse", "bernoulli"] = "auto"  # auto: bernoulli on dSprites, else mse.
     reference_init: bool = False  # N(0, 0.05) weights as in the reference instead of Keras' defaults.
     grid_every: int = 5  # Write a swap grid every this many epochs.
@@ -88,7 +91,7 @@ class Config(common.RunConfig):
         common.check_ranges(
             self, at_least_one=("z_dim", "s_dim", "batch_size", "epochs", "steps_per_epoch", "generator_steps",
                                 "grid_every"),
-            positive=("learning_rate", "beta_1"), non_negative=("adversarial_weight",))
+            positive=("learning_rate", "beta_1"), non_negative=("adversarial_weight", "kl_weight"))
         if not 0 < self.beta_1 < 1:
             raise ValueError(f"--beta-1 must be between 0 and 1, got {self.beta_1}.")
         if not 0 < self.d_gate_threshold <= 1:
@@ -208,7 +211,7 @@ class AdversarialDisentangler(keras.Model):
 
     def __init__(self, image_shape, *, dataset, z_dim, s_dim, optimizers="reference", adversarial_weight=0.01,
                  generator_steps=2, d_gate="previous", d_gate_threshold=0.8, label_smoothing=0.0,
-                 reconstruction="mse", reference_init=False, seed=0, **kwargs):
+                 reconstruction="mse", reference_init=False, kl_weight=1.0, seed=0, **kwargs):
         super().__init__(**kwargs)
         for name, value, choices in (("optimizers", optimizers, ("reference", "joint")),
                                      ("d_gate", d_gate, ("previous", "current", "off")),
@@ -219,6 +222,7 @@ class AdversarialDisentangler(keras.Model):
         self.optimizers, self.adversarial_weight, self.generator_steps = optimizers, adversarial_weight, generator_steps
         self.d_gate, self.d_gate_threshold, self.label_smoothing = d_gate, d_gate_threshold, label_smoothing
         self.reconstruction, self.reference_init, self.seed = reconstruction, reference_init, seed
+        self.kl_weight = kl_weight
         self.encoder = build_encoder(self.image_shape, z_dim, s_dim, dataset, reference_init)
         self.decoder = build_decoder(self.image_shape, z_dim, s_dim, dataset, reference_init)
         self.discriminator = build_discriminator(self.image_shape, dataset, reference_init)
@@ -317,12 +321,12 @@ class AdversarialDisentangler(keras.Model):
         kl = self._kl(z1_mean, z1_logvar)
         parts = {"loss/reconstruction_self": ops.mean(self_error) / self.pixels,
                  "loss/reconstruction_swap": ops.mean(swap_error) / self.pixels,
-                 "loss/kl": ops.mean(kl) / self.pixels,
+                 "loss/kl": self.kl_weight * ops.mean(kl) / self.pixels,
                  "per_image/swap_sse": ops.mean(ops.split(sse, 2)[1]), "per_image/kl_nats": ops.mean(kl)}
         return parts["loss/reconstruction_self"] + parts["loss/reconstruction_swap"] + parts["loss/kl"], parts
 
     def _adversarial_loss(self, pair, training):
-        """B's terms: Dec(z1, s3) and Dec(z_p, s3) should pass as x3's partners; returns (CE sum, KL(x1) / P)."""
+        """B's terms: Dec(z1, s3) and Dec(z_p, s3) should pass as x3's partners; returns (CE sum, beta KL(x1) / P)."""
         x1, x3 = pair["image_a"], pair["image_b"]
         z_mean, z_logvar, specified = self.encoder(ops.concatenate([x1, x3]), training=training)  # one pass
         (z_mean, _), (z_logvar, _), (_, s3) = ops.split(z_mean, 2), ops.split(z_logvar, 2), ops.split(specified, 2)
@@ -330,7 +334,7 @@ class AdversarialDisentangler(keras.Model):
         logits = self.decoder([ops.concatenate([self._sample(z_mean, z_logvar), prior]), ops.concatenate([s3, s3])],
                               training=training)
         d_logits = self.discriminator([ops.concatenate([x3, x3]), ops.sigmoid(logits)], training=training)
-        return _bce(d_logits, 1.0) * 2.0, ops.mean(self._kl(z_mean, z_logvar)) / self.pixels
+        return _bce(d_logits, 1.0) * 2.0, self.kl_weight * ops.mean(self._kl(z_mean, z_logvar)) / self.pixels
 
     def _step(self, optimizer, loss_fn, variables):
         """One optimizer step on loss_fn() (loss-scaled under mixed precision); returns loss_fn()'s outputs."""
@@ -401,7 +405,7 @@ class AdversarialDisentangler(keras.Model):
                       optimizers=self.optimizers, adversarial_weight=self.adversarial_weight,
                       generator_steps=self.generator_steps, d_gate=self.d_gate, d_gate_threshold=self.d_gate_threshold,
                       label_smoothing=self.label_smoothing, reconstruction=self.reconstruction,
-                      reference_init=self.reference_init, seed=self.seed)
+                      reference_init=self.reference_init, kl_weight=self.kl_weight, seed=self.seed)
         return config
 
 
@@ -452,7 +456,7 @@ def main(argv=None):
             optimizers=config.optimizers, adversarial_weight=config.adversarial_weight,
             generator_steps=config.generator_steps, d_gate=config.d_gate, d_gate_threshold=config.d_gate_threshold,
             label_smoothing=config.label_smoothing, reconstruction=config.reconstruction,
-            reference_init=config.reference_init, seed=config.seed)
+            reference_init=config.reference_init, kl_weight=config.kl_weight, seed=config.seed)
         model.compile(**build_optimizers(config))
         model.build()
 

@@ -59,6 +59,23 @@ def test_one_iteration_gives_finite_losses_and_moves_every_network(tiny_mnist, o
         assert int(model.generator_optimizer.iterations.numpy()) == 2  # Two generator steps per iteration.
 
 
+def test_kl_weight_scales_z_s_kl_in_the_autoencoder_and_generator_losses_and_nothing_else(tiny_mnist):
+    _, dataset = tiny_mnist
+    batch = first_batch(dataset)
+    plain, weighted = make_model(dataset), make_model(dataset, kl_weight=2.5)
+    (ae_plain, parts_plain), (ae_weighted, parts_weighted) = (
+        model._autoencoder_loss(batch["ae"], False) for model in (plain, weighted))
+    kl = float(parts_plain["loss/kl"])
+    assert kl > 0 and float(parts_weighted["loss/kl"]) == pytest.approx(2.5 * kl, rel=1e-5)
+    assert float(parts_weighted["per_image/kl_nats"]) == pytest.approx(float(parts_plain["per_image/kl_nats"]))
+    assert float(ae_weighted) - float(ae_plain) == pytest.approx(1.5 * kl, rel=1e-4)
+    (adv_plain, kl_plain), (adv_weighted, kl_weighted) = (
+        model._adversarial_loss(batch["gen"][0], False) for model in (plain, weighted))
+    assert float(kl_weighted) == pytest.approx(2.5 * float(kl_plain), rel=1e-5)
+    assert float(adv_weighted) == pytest.approx(float(adv_plain), rel=1e-5)
+    assert adv.AdversarialDisentangler.from_config(weighted.get_config()).kl_weight == 2.5
+
+
 def test_the_batches_hold_the_pairs_each_step_needs(tiny_mnist):
     _, dataset = tiny_mnist
     batch = first_batch(dataset)
@@ -190,7 +207,7 @@ def test_the_encoder_and_decoder_are_cycle_vaes(name):
     (["--generator-steps", "0"], "--generator-steps"), (["--d-gate-threshold", "1.5"], "--d-gate-threshold"),
     (["--label-smoothing", "0.7"], "--label-smoothing"), (["--beta-1", "1"], "--beta-1"),
     (["--adversarial-weight", "-1"], "--adversarial-weight"), (["--steps-per-epoch", "-5"], "--steps-per-epoch"),
-    (["--d-gate", "sometimes"], "--d-gate"), (["--epochs", "0"], "--epochs"),
+    (["--d-gate", "sometimes"], "--d-gate"), (["--epochs", "0"], "--epochs"), (["--kl-weight", "-1"], "--kl-weight"),
 ])
 def test_bad_flags_exit_with_code_2_naming_the_flag(flags, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -202,5 +219,6 @@ def test_defaults_are_the_reference_settings():
     config = adv.resolve(adv.Config())
     assert (config.z_dim, config.s_dim, config.epochs, config.batch_size) == (16, 16, 50, 64)
     assert (config.learning_rate, config.beta_1, config.generator_steps, config.d_gate_threshold) == (1e-4, 0.5, 2, 0.8)
+    assert config.kl_weight == 1.0
     assert adv.resolve(adv.Config(dataset="sprites")).z_dim == 512
     assert adv.resolve(adv.Config(dataset="dsprites")).reconstruction == "bernoulli"
