@@ -20,9 +20,9 @@ per image; beta = `kl_weight`, 1 in the paper and the reference code (a larger o
 Higgins et al. 2017: nothing else in the method keeps the class out of z). Optimizers (`--optimizers`): `reference`
 gives A, B and C each their own Adam (lr 1e-4, betas 0.5 / 0.999), as the public PyTorch code does; Adam normalises
 each step, so there the step counts (1 A : 2 B) set the balance and the weight of a whole step's loss would be inert
-(beta weighs KL against the other terms of its step, which does count). `joint` takes one Adam step on L_ae + w_adv
-* L_adv for the encoder and decoder (w_adv = adversarial_weight, 0.01 as in the official Lua code), plus C: a real
-weight with one optimizer fewer.
+(beta weighs KL against the other terms of its step, which does count). `joint` takes one Adam step on
+L_ae + w_adv * L_adv for the encoder and decoder (w_adv = adversarial_weight, 0.01 as in the official Lua code),
+plus C: a real weight with one optimizer fewer.
 
 Where we deliberately differ from the reference code (ananyahjha93/disentangling-factors-of-variation-using-
 adversarial-training): D's gate uses the previous batch's accuracy, as its README states (the code uses the
