@@ -1,16 +1,17 @@
-"""Score the public PyTorch code's own trained MNIST model on our protocol, by converting it into our Keras model.
+"""Score a public PyTorch code's own trained MNIST model on our protocol, by converting it into our Keras model.
 
-The public re-implementation of Mathieu et al. 2016 (ananyahjha93/disentangling-factors-of-variation-using-
-adversarial-training) ships a trained MNIST model, z = s = 16, in checkpoints/encoder and checkpoints/decoder
-(PyTorch state dicts). Its encoder and decoder are the networks of adversarial_disentangle.py layer for layer
-(docs/methods.md Sec. 4), so their weights can be copied into an AdversarialDisentangler and evaluated by
-eval_latents.py exactly as our own checkpoint is:
+Two public PyTorch codes ship a trained MNIST model, z = s = 16, in checkpoints/encoder and checkpoints/decoder
+(state dicts): the cycle-VAE's (ananyahjha93/cycle-consistent-vae, `--model cycle_vae`) and the re-implementation
+of Mathieu et al. 2016 (ananyahjha93/disentangling-factors-of-variation-using-adversarial-training, `--model
+adversarial_disentangle`). Their encoder and decoder are the networks of cycle_vae.py and adversarial_disentangle.py
+layer for layer (docs/methods.md Sec. 3 and 4), so their weights can be copied into our model and evaluated by
+eval_latents.py exactly as our own checkpoints are:
 
-    python benchmarks/reference_checkpoint.py --repo PATH --torch-python PATH/TO/python --data-dir DIR \\
-        --out runs/reference_adversarial_mnist
+    python benchmarks/reference_checkpoint.py --model adversarial_disentangle --repo PATH \\
+        --torch-python PATH/TO/python --data-dir DIR --out runs/reference_adversarial_mnist
     python eval_latents.py --ckpt runs/reference_adversarial_mnist --probes-only --data-dir DIR
 
---repo is a clone of that repository; --torch-python an interpreter that has PyTorch (not a dependency of this
+--repo is a clone of the model's repository; --torch-python an interpreter that has PyTorch (not a dependency of this
 project: `python -m venv T && T/bin/pip install torch numpy`), used only to read the state dicts and to run the
 reference networks on 64 MNIST test images. The conversion is checked on those images before anything is written:
 encoder outputs and decoded images must agree with PyTorch's to 1e-4, or the script stops without writing.
@@ -21,7 +22,9 @@ feature maps permuted from PyTorch's channel-first flattening (c * 4 + h * 2 + w
 (h * 128 + w * 64 + c for 64 channels). InstanceNorm2d with track_running_stats=True normalises with each image's
 own statistics in training mode, the function the model was trained as, and that is what our instance norm does;
 in PyTorch's eval mode it would use the running averages instead, a different function. The discriminator is not
-converted (no evaluation uses it): the converted model's D keeps its fresh initialisation.
+converted (no evaluation uses it): the converted model's D keeps its fresh initialisation. The cycle-VAE's
+checkpoint was saved by an older version of its networks.py, whose layers had other names (varying_factor_mu for
+style_mu, common_factor for class_output, ...): RENAMES maps them.
 """
 import argparse
 import json
@@ -34,11 +37,47 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKPOINTS = ("encoder", "decoder")
+REPOSITORIES = {"cycle_vae": "ananyahjha93/cycle-consistent-vae",
+                "adversarial_disentangle": "ananyahjha93/disentangling-factors-of-variation-using-adversarial-training"}
+# Layer names of a checkpoint saved by an older networks.py -> the names in the repository's networks.py.
+RENAMES = {"encoder": {"varying_factor_mu": "style_mu", "varying_factor_logvar": "style_logvar",
+                       "common_factor": "class_output"},
+           "decoder": {"varying_factor": "style_input", "common_factor": "class_input"}}
+
+
+class _Unused:
+    """Whatever a stubbed module is asked for: callable, and callable again."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Unused()
+
+
+def stub_unused_imports():
+    """The reference's networks.py and utils.py import torchvision and matplotlib at the top, for the data loader
+    and plots, which the networks never use: where they are not installed, stand-ins let the import succeed."""
+    import importlib
+    import types
+    for name in ("torchvision", "torchvision.datasets", "torchvision.transforms", "matplotlib",
+                 "matplotlib.pyplot", "mpl_toolkits", "mpl_toolkits.axes_grid1"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            module = types.ModuleType(name)
+            module.__getattr__ = lambda attribute: _Unused
+            module.__path__ = []  # a package without files: its submodules are stubbed in turn
+            sys.modules[name] = module
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(sys.modules[parent], child, module)
 
 
 def dump(repo, images_path, out_path):
     """Run under --torch-python: the state dicts as arrays, and the reference networks' outputs on the images."""
     import torch
+    stub_unused_imports()
     sys.path.insert(0, str(repo))
     from networks import Decoder, Encoder  # the reference's own classes
 
@@ -46,6 +85,8 @@ def dump(repo, images_path, out_path):
     networks = {"encoder": Encoder(16, 16), "decoder": Decoder(16, 16)}
     for name, network in networks.items():
         state = torch.load(pathlib.Path(repo) / "checkpoints" / name, map_location="cpu")
+        state = type(state)((".".join([RENAMES[name].get(key.split(".")[0], key.split(".")[0])] + key.split(".")[1:]),
+                             value) for key, value in state.items())
         network.load_state_dict(state)
         network.train()  # instance statistics of each image (see the module docstring)
         arrays.update({f"{name}/{key}": value.numpy() for key, value in state.items()})
@@ -65,7 +106,7 @@ def flat_order(height, width, channels):
 
 
 def convert(arrays, model):
-    """Copy the reference weights into model (an MNIST AdversarialDisentangler, z = s = 16)."""
+    """Copy the reference weights into model (our MNIST model, z = s = 16)."""
     def conv(name):
         return [arrays[f"{name}.weight"].transpose(2, 3, 1, 0), arrays[f"{name}.bias"]]
 
@@ -87,10 +128,11 @@ def convert(arrays, model):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", required=True, help="a clone of the public PyTorch repository")
+    parser.add_argument("--model", required=True, choices=sorted(REPOSITORIES), help="whose checkpoint")
+    parser.add_argument("--repo", required=True, help="a clone of the model's public PyTorch repository")
     parser.add_argument("--torch-python", default=sys.executable, help="an interpreter with PyTorch")
     parser.add_argument("--data-dir", default=None, help="MNIST's data directory (default: data.py's)")
-    parser.add_argument("--out", default="runs/reference_adversarial_mnist", help="run folder to write")
+    parser.add_argument("--out", default=None, help="run folder to write (default runs/reference_<model>_mnist)")
     parser.add_argument("--dump", nargs=2, metavar=("IMAGES", "OUT"), help=argparse.SUPPRESS)  # the torch side
     args = parser.parse_args(argv)
     repo = pathlib.Path(args.repo)
@@ -98,15 +140,19 @@ def main(argv=None):
         return dump(repo, *args.dump)
     missing = [name for name in CHECKPOINTS if not (repo / "checkpoints" / name).is_file()]
     if missing or not (repo / "networks.py").is_file():
-        sys.exit(f"error: {repo} is not a clone of ananyahjha93/disentangling-factors-of-variation-using-"
-                 "adversarial-training: it needs networks.py and checkpoints/encoder and checkpoints/decoder.")
+        sys.exit(f"error: {repo} is not a clone of {REPOSITORIES[args.model]}: it needs networks.py and "
+                 "checkpoints/encoder and checkpoints/decoder.")
 
     sys.path.insert(0, str(ROOT))
-    import adversarial_disentangle as adv
+    import importlib
+
     import common
     import data
+    import keras
+    script = importlib.import_module(args.model)
 
-    config = adv.resolve(adv.Config(dataset="mnist", data_dir=args.data_dir, out=args.out, evaluate=False))
+    out = args.out or f"runs/reference_{args.model}_mnist"
+    config = script.resolve(script.Config(dataset="mnist", data_dir=args.data_dir, out=out, evaluate=False))
     try:
         dataset = data.load_dataset("mnist", args.data_dir)
     except data.DataError as error:
@@ -115,14 +161,20 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         inputs, outputs = pathlib.Path(scratch) / "images.npz", pathlib.Path(scratch) / "reference.npz"
         np.savez(inputs, images=images)
-        command = [args.torch_python, __file__, "--repo", str(repo), "--dump", str(inputs), str(outputs)]
+        command = [args.torch_python, __file__, "--model", args.model, "--repo", str(repo), "--dump", str(inputs),
+                   str(outputs)]
         if subprocess.call(command) != 0:
-            sys.exit(f"error: reading the PyTorch checkpoints failed (above); --torch-python {args.torch_python} must "
-                     "have PyTorch installed.")
+            sys.exit(f"error: reading the PyTorch checkpoints with --torch-python {args.torch_python} failed (above); "
+                     "that interpreter needs PyTorch and NumPy.")
         arrays = dict(np.load(outputs))
 
-    model = adv.AdversarialDisentangler(dataset.image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim)
-    model.compile(**adv.build_optimizers(config))
+    if args.model == "cycle_vae":  # the settings that shape the network are the defaults; the rest is training
+        model = script.CycleVAE(dataset.image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim)
+        model.compile(optimizer=keras.optimizers.Adam(), reverse_optimizer=keras.optimizers.Adam())
+    else:
+        model = script.AdversarialDisentangler(dataset.image_shape, dataset="mnist", z_dim=config.z_dim,
+                                               s_dim=config.s_dim)
+        model.compile(**script.build_optimizers(config))
     model.build()
     convert(arrays, model)
     codes = model.encode(images)
@@ -133,7 +185,7 @@ def main(argv=None):
     print("largest difference from PyTorch on 64 test images:", json.dumps(largest))
     if max(largest.values()) > 1e-4:
         sys.exit("error: the converted model does not compute what the PyTorch one does; nothing was written.")
-    run_dir = common.prepare_run_dir(config, script="adversarial_disentangle", name="mnist_reference",
+    run_dir = common.prepare_run_dir(config, script=args.model, name="mnist_reference",
                                      argv=sys.argv[1:] if argv is None else argv)
     common.save_model(model, run_dir / "model.keras")
     print(f"written: {run_dir / 'model.keras'}\nnext: python eval_latents.py --ckpt {run_dir} --probes-only"

@@ -1,6 +1,6 @@
-"""benchmarks/reference_checkpoint.py without PyTorch: the flattening order it converts between, and its refusal of
-a folder that is not the public repository. (The conversion itself is checked against PyTorch's outputs by the
-script, which refuses to write a model that differs.)"""
+"""benchmarks/reference_checkpoint.py without PyTorch: the flattening order it converts between, and its refusal
+of a folder that is not the model's public repository. (The conversion itself is checked against PyTorch's outputs
+by the script, which refuses to write a model that differs.)"""
 import importlib.util
 import pathlib
 
@@ -24,5 +24,6 @@ def test_flat_order_maps_channel_first_flattening_to_channel_last(height, width,
 def test_a_folder_without_the_reference_checkpoints_is_refused(tmp_path):
     (tmp_path / "networks.py").write_text("")
     with pytest.raises(SystemExit) as raised:
-        reference_checkpoint.main(["--repo", str(tmp_path)])
-    assert "checkpoints/encoder" in str(raised.value.code) and str(tmp_path) in str(raised.value.code)
+        reference_checkpoint.main(["--model", "cycle_vae", "--repo", str(tmp_path)])
+    message = str(raised.value.code)
+    assert "checkpoints/encoder" in message and str(tmp_path) in message and "cycle-consistent-vae" in message
