@@ -1,10 +1,12 @@
 """Score a public PyTorch code's own trained MNIST model on our protocol, by converting it into our Keras model.
 
-Two public PyTorch codes ship a trained MNIST model, z = s = 16, in checkpoints/encoder and checkpoints/decoder
-(state dicts): the cycle-VAE's (ananyahjha93/cycle-consistent-vae, `--model cycle_vae`) and the re-implementation
-of Mathieu et al. 2016 (ananyahjha93/disentangling-factors-of-variation-using-adversarial-training, `--model
-adversarial_disentangle`). Their encoder and decoder are the networks of cycle_vae.py and adversarial_disentangle.py
-layer for layer (docs/methods.md Sec. 3 and 4), so their weights can be copied into our model and evaluated by
+Three public PyTorch codes ship a trained MNIST model (state dicts of the encoder and decoder in checkpoints/):
+the cycle-VAE's (ananyahjha93/cycle-consistent-vae, `--model cycle_vae`, z = s = 16), the re-implementation of
+Mathieu et al. 2016 (ananyahjha93/disentangling-factors-of-variation-using-adversarial-training, `--model
+adversarial_disentangle`, z = s = 16) and the ML-VAE's (ananyahjha93/multi-level-vae, `--model mlvae`, z = s = 10;
+its checkpoints/*_0.1_var_reparam, the run with group content noise of std 0.1 whose style accuracy its README
+reports). Their encoder and decoder are the networks of cycle_vae.py, adversarial_disentangle.py and mlvae.py (the
+MLP) layer for layer (docs/methods.md Sec. 3-5), so their weights can be copied into our model and evaluated by
 eval_latents.py exactly as our own checkpoints are:
 
     python benchmarks/reference_checkpoint.py --model adversarial_disentangle --repo PATH \\
@@ -19,12 +21,13 @@ encoder outputs and decoded images must agree with PyTorch's to 1e-4, or the scr
 The mapping (PyTorch -> Keras): Conv2d weights (out, in, kh, kw) -> (kh, kw, in, out); ConvTranspose2d weights
 (in, out, kh, kw) -> (kh, kw, out, in); Linear (out, in) -> (in, out), with the rows or columns that meet the 2 x 2
 feature maps permuted from PyTorch's channel-first flattening (c * 4 + h * 2 + w) to Keras' channel-last one
-(h * 128 + w * 64 + c for 64 channels). InstanceNorm2d with track_running_stats=True normalises with each image's
-own statistics in training mode, the function the model was trained as, and that is what our instance norm does;
-in PyTorch's eval mode it would use the running averages instead, a different function. The discriminator is not
-converted (no evaluation uses it): the converted model's D keeps its fresh initialisation. The cycle-VAE's
-checkpoint was saved by an older version of its networks.py, whose layers had other names (varying_factor_mu for
-style_mu, common_factor for class_output, ...): RENAMES maps them.
+(h * 128 + w * 64 + c for 64 channels); the ML-VAE's MLP flattens a one-channel 28 x 28 image, the same order in
+both. InstanceNorm2d with track_running_stats=True normalises with each image's own statistics in training mode,
+the function the model was trained as, and that is what our instance norm does; in PyTorch's eval mode it would use
+the running averages instead, a different function. The discriminator of Mathieu et al. is not converted (no
+evaluation uses it): the converted model's D keeps its fresh initialisation. The cycle-VAE's checkpoint was saved by
+an older version of its networks.py, whose layers had other names (varying_factor_mu for style_mu, common_factor
+for class_output, ...): RENAMES maps them.
 """
 import argparse
 import json
@@ -36,13 +39,19 @@ import tempfile
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CHECKPOINTS = ("encoder", "decoder")
 REPOSITORIES = {"cycle_vae": "ananyahjha93/cycle-consistent-vae",
-                "adversarial_disentangle": "ananyahjha93/disentangling-factors-of-variation-using-adversarial-training"}
+                "adversarial_disentangle": "ananyahjha93/disentangling-factors-of-variation-using-adversarial-training",
+                "mlvae": "ananyahjha93/multi-level-vae"}
+# The files in the repository's checkpoints/ folder, per network.
+CHECKPOINTS = {"cycle_vae": {"encoder": "encoder", "decoder": "decoder"},
+               "adversarial_disentangle": {"encoder": "encoder", "decoder": "decoder"},
+               "mlvae": {"encoder": "encoder_0.1_var_reparam", "decoder": "decoder_0.1_var_reparam"}}
+# The code sizes (z, s) the reference networks were trained with.
+SIZES = {"cycle_vae": (16, 16), "adversarial_disentangle": (16, 16), "mlvae": (10, 10)}
 # Layer names of a checkpoint saved by an older networks.py -> the names in the repository's networks.py.
-RENAMES = {"encoder": {"varying_factor_mu": "style_mu", "varying_factor_logvar": "style_logvar",
-                       "common_factor": "class_output"},
-           "decoder": {"varying_factor": "style_input", "common_factor": "class_input"}}
+RENAMES = {"cycle_vae": {"encoder": {"varying_factor_mu": "style_mu", "varying_factor_logvar": "style_logvar",
+                                     "common_factor": "class_output"},
+                         "decoder": {"varying_factor": "style_input", "common_factor": "class_input"}}}
 
 
 class _Unused:
@@ -74,7 +83,7 @@ def stub_unused_imports():
                 setattr(sys.modules[parent], child, module)
 
 
-def dump(repo, images_path, out_path):
+def dump(model_name, repo, images_path, out_path):
     """Run under --torch-python: the state dicts as arrays, and the reference networks' outputs on the images."""
     import torch
     stub_unused_imports()
@@ -82,17 +91,23 @@ def dump(repo, images_path, out_path):
     from networks import Decoder, Encoder  # the reference's own classes
 
     arrays = {}
-    networks = {"encoder": Encoder(16, 16), "decoder": Decoder(16, 16)}
+    networks = {"encoder": Encoder(*SIZES[model_name]), "decoder": Decoder(*SIZES[model_name])}
     for name, network in networks.items():
-        state = torch.load(pathlib.Path(repo) / "checkpoints" / name, map_location="cpu")
-        state = type(state)((".".join([RENAMES[name].get(key.split(".")[0], key.split(".")[0])] + key.split(".")[1:]),
+        state = torch.load(pathlib.Path(repo) / "checkpoints" / CHECKPOINTS[model_name][name], map_location="cpu")
+        renames = RENAMES.get(model_name, {}).get(name, {})
+        state = type(state)((".".join([renames.get(key.split(".")[0], key.split(".")[0])] + key.split(".")[1:]),
                              value) for key, value in state.items())
         network.load_state_dict(state)
         network.train()  # instance statistics of each image (see the module docstring)
         arrays.update({f"{name}/{key}": value.numpy() for key, value in state.items()})
     with torch.no_grad():
         images = torch.from_numpy(np.load(images_path)["images"]).permute(0, 3, 1, 2)  # NHWC -> NCHW
-        z_mean, z_logvar, s = networks["encoder"](images)
+        outputs = networks["encoder"](images)
+        if model_name == "mlvae":  # style mean, style logvar, class mean, class logvar
+            z_mean, z_logvar, s, s_logvar = outputs
+            arrays["out/s_logvar"] = s_logvar.numpy()
+        else:
+            z_mean, z_logvar, s = outputs
         decoded = networks["decoder"](z_mean, s)
     arrays.update({"out/z_mean": z_mean.numpy(), "out/z_logvar": z_logvar.numpy(), "out/s": s.numpy(),
                    "out/decoded": decoded.permute(0, 2, 3, 1).numpy()})
@@ -105,8 +120,23 @@ def flat_order(height, width, channels):
     return (c * height * width + h * width + w).reshape(-1)
 
 
+def convert_mlp(arrays, model):
+    """Copy the ML-VAE reference's weights into model (our MLP ML-VAE on MNIST, z = s = 10)."""
+    def dense(name):
+        return [arrays[f"{name}.weight"].T, arrays[f"{name}.bias"]]
+
+    hidden = [layer for layer in model.encoder.layers if type(layer).__name__ == "Dense"][0]  # then the heads
+    hidden.set_weights(dense("encoder/linear_model.linear_1"))
+    for ours, theirs in (("z_mean", "style_mu"), ("z_logvar", "style_logvar"), ("s_mean", "class_mu"),
+                         ("s_logvar", "class_logvar")):
+        model.encoder.get_layer(ours).set_weights(dense(f"encoder/{theirs}"))
+    hidden, output = [layer for layer in model.decoder.layers if type(layer).__name__ == "Dense"]
+    hidden.set_weights(dense("decoder/linear_model.linear_1"))  # on [style, class], our [z, s]
+    output.set_weights(dense("decoder/linear_model.linear_2"))  # logits; decode() applies the sigmoid
+
+
 def convert(arrays, model):
-    """Copy the reference weights into model (our MNIST model, z = s = 16)."""
+    """Copy the reference weights into model (our convolutional MNIST model, z = s = 16)."""
     def conv(name):
         return [arrays[f"{name}.weight"].transpose(2, 3, 1, 0), arrays[f"{name}.bias"]]
 
@@ -137,11 +167,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     repo = pathlib.Path(args.repo)
     if args.dump:
-        return dump(repo, *args.dump)
-    missing = [name for name in CHECKPOINTS if not (repo / "checkpoints" / name).is_file()]
-    if missing or not (repo / "networks.py").is_file():
-        sys.exit(f"error: {repo} is not a clone of {REPOSITORIES[args.model]}: it needs networks.py and "
-                 "checkpoints/encoder and checkpoints/decoder.")
+        return dump(args.model, repo, *args.dump)
+    files = [f"checkpoints/{name}" for name in CHECKPOINTS[args.model].values()]
+    if not all((repo / file).is_file() for file in files) or not (repo / "networks.py").is_file():
+        sys.exit(f"error: {repo} is not a clone of {REPOSITORIES[args.model]}: it needs networks.py, "
+                 f"{' and '.join(files)}.")
 
     sys.path.insert(0, str(ROOT))
     import importlib
@@ -152,7 +182,10 @@ def main(argv=None):
     script = importlib.import_module(args.model)
 
     out = args.out or f"runs/reference_{args.model}_mnist"
-    config = script.resolve(script.Config(dataset="mnist", data_dir=args.data_dir, out=out, evaluate=False))
+    # The ML-VAE reference grouped the digit labels of each batch and drew one content eps of std 0.1 per group.
+    setting = dict(grouping="batch", content_sampling="group", content_noise_std=0.1) if args.model == "mlvae" else {}
+    config = script.resolve(script.Config(dataset="mnist", data_dir=args.data_dir, out=out, evaluate=False,
+                                          **setting))
     try:
         dataset = data.load_dataset("mnist", args.data_dir)
     except data.DataError as error:
@@ -171,16 +204,21 @@ def main(argv=None):
     if args.model == "cycle_vae":  # the settings that shape the network are the defaults; the rest is training
         model = script.CycleVAE(dataset.image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim)
         model.compile(optimizer=keras.optimizers.Adam(), reverse_optimizer=keras.optimizers.Adam())
+    elif args.model == "mlvae":
+        model = script.MLVAE(dataset.image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim,
+                             architecture="mlp", content_sampling=config.content_sampling,
+                             content_noise_std=config.content_noise_std)
+        model.compile(optimizer=keras.optimizers.Adam())
     else:
         model = script.AdversarialDisentangler(dataset.image_shape, dataset="mnist", z_dim=config.z_dim,
                                                s_dim=config.s_dim)
         model.compile(**script.build_optimizers(config))
     model.build()
-    convert(arrays, model)
+    (convert_mlp if args.model == "mlvae" else convert)(arrays, model)
     codes = model.encode(images)
-    differences = {"z_mean": codes["z_mean"] - arrays["out/z_mean"], "z_logvar": codes["z_logvar"] - arrays[
-        "out/z_logvar"], "s": codes["s"] - arrays["out/s"],
-        "decoded": np.asarray(model.decode(codes["z_mean"], codes["s"])) - arrays["out/decoded"]}
+    differences = {name: np.asarray(codes[name]) - arrays[f"out/{name}"]
+                   for name in ("z_mean", "z_logvar", "s", "s_logvar") if f"out/{name}" in arrays}
+    differences["decoded"] = np.asarray(model.decode(codes["z_mean"], codes["s"])) - arrays["out/decoded"]
     largest = {name: float(np.abs(value).max()) for name, value in differences.items()}
     print("largest difference from PyTorch on 64 test images:", json.dumps(largest))
     if max(largest.values()) > 1e-4:
