@@ -27,31 +27,36 @@ the function the model was trained as, and that is what our instance norm does; 
 the running averages instead, a different function. The discriminator of Mathieu et al. is not converted (no
 evaluation uses it): the converted model's D keeps its fresh initialisation. The cycle-VAE's checkpoint was saved by
 an older version of its networks.py, whose layers had other names (varying_factor_mu for style_mu, common_factor
-for class_output, ...): RENAMES maps them.
+for class_output, ...): its Reference's renames map them. REFERENCES holds all that differs between the three.
 """
 import argparse
+import dataclasses
 import json
 import pathlib
 import subprocess
 import sys
 import tempfile
+from typing import Callable
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-REPOSITORIES = {"cycle_vae": "ananyahjha93/cycle-consistent-vae",
-                "adversarial_disentangle": "ananyahjha93/disentangling-factors-of-variation-using-adversarial-training",
-                "mlvae": "ananyahjha93/multi-level-vae"}
-# The files in the repository's checkpoints/ folder, per network.
-CHECKPOINTS = {"cycle_vae": {"encoder": "encoder", "decoder": "decoder"},
-               "adversarial_disentangle": {"encoder": "encoder", "decoder": "decoder"},
-               "mlvae": {"encoder": "encoder_0.1_var_reparam", "decoder": "decoder_0.1_var_reparam"}}
-# The code sizes (z, s) the reference networks were trained with.
-SIZES = {"cycle_vae": (16, 16), "adversarial_disentangle": (16, 16), "mlvae": (10, 10)}
-# Layer names of a checkpoint saved by an older networks.py -> the names in the repository's networks.py.
-RENAMES = {"cycle_vae": {"encoder": {"varying_factor_mu": "style_mu", "varying_factor_logvar": "style_logvar",
-                                     "common_factor": "class_output"},
-                         "decoder": {"varying_factor": "style_input", "common_factor": "class_input"}}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """One public code's trained MNIST model and how it maps onto ours."""
+    repository: str  # owner/name on GitHub
+    checkpoints: dict  # network ("encoder", "decoder") -> file in the repository's checkpoints/ folder
+    sizes: tuple  # (z, s) the reference networks were trained with
+    build: Callable  # (script module, config, image shape) -> our compiled model, unbuilt
+    convert: Callable  # (reference arrays, our built model): copies the weights
+    # Encoder outputs in the reference's order; they name the arrays checked against ours.
+    encoder_outputs: tuple = ("z_mean", "z_logvar", "s")
+    # Config fields that reproduce the reference's model (the network-shaping ones; the rest is training).
+    setting: dict = dataclasses.field(default_factory=dict)
+    # Layer names of a checkpoint saved by an older networks.py -> the names in the repository's networks.py.
+    renames: dict = dataclasses.field(default_factory=dict)
 
 
 class _Unused:
@@ -90,11 +95,12 @@ def dump(model_name, repo, images_path, out_path):
     sys.path.insert(0, str(repo))
     from networks import Decoder, Encoder  # the reference's own classes
 
+    reference = REFERENCES[model_name]
     arrays = {}
-    networks = {"encoder": Encoder(*SIZES[model_name]), "decoder": Decoder(*SIZES[model_name])}
+    networks = {"encoder": Encoder(*reference.sizes), "decoder": Decoder(*reference.sizes)}
     for name, network in networks.items():
-        state = torch.load(pathlib.Path(repo) / "checkpoints" / CHECKPOINTS[model_name][name], map_location="cpu")
-        renames = RENAMES.get(model_name, {}).get(name, {})
+        state = torch.load(pathlib.Path(repo) / "checkpoints" / reference.checkpoints[name], map_location="cpu")
+        renames = reference.renames.get(name, {})
         state = type(state)((".".join([renames.get(key.split(".")[0], key.split(".")[0])] + key.split(".")[1:]),
                              value) for key, value in state.items())
         network.load_state_dict(state)
@@ -102,15 +108,10 @@ def dump(model_name, repo, images_path, out_path):
         arrays.update({f"{name}/{key}": value.numpy() for key, value in state.items()})
     with torch.no_grad():
         images = torch.from_numpy(np.load(images_path)["images"]).permute(0, 3, 1, 2)  # NHWC -> NCHW
-        outputs = networks["encoder"](images)
-        if model_name == "mlvae":  # style mean, style logvar, class mean, class logvar
-            z_mean, z_logvar, s, s_logvar = outputs
-            arrays["out/s_logvar"] = s_logvar.numpy()
-        else:
-            z_mean, z_logvar, s = outputs
-        decoded = networks["decoder"](z_mean, s)
-    arrays.update({"out/z_mean": z_mean.numpy(), "out/z_logvar": z_logvar.numpy(), "out/s": s.numpy(),
-                   "out/decoded": decoded.permute(0, 2, 3, 1).numpy()})
+        outputs = dict(zip(reference.encoder_outputs, networks["encoder"](images)))
+        decoded = networks["decoder"](outputs["z_mean"], outputs["s"])
+    arrays.update({f"out/{name}": value.numpy() for name, value in outputs.items()})
+    arrays["out/decoded"] = decoded.permute(0, 2, 3, 1).numpy()
     np.savez(out_path, **arrays)
 
 
@@ -156,9 +157,50 @@ def convert(arrays, model):
         layer.set_weights(conv(f"decoder/deconv_model.deconvolution_{k}"))
 
 
+def build_cycle_vae(script, config, image_shape):
+    """Our cycle-VAE with the settings that shape the network (the defaults); the rest is training."""
+    import keras
+    model = script.CycleVAE(image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim)
+    model.compile(optimizer=keras.optimizers.Adam(), reverse_optimizer=keras.optimizers.Adam())
+    return model
+
+
+def build_adversarial_disentangle(script, config, image_shape):
+    model = script.AdversarialDisentangler(image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim)
+    model.compile(**script.build_optimizers(config))
+    return model
+
+
+def build_mlvae(script, config, image_shape):
+    import keras
+    model = script.MLVAE(image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim,
+                         architecture=config.architecture, content_sampling=config.content_sampling,
+                         content_noise_std=config.content_noise_std)
+    model.compile(optimizer=keras.optimizers.Adam())
+    return model
+
+
+REFERENCES = {
+    "cycle_vae": Reference(
+        "ananyahjha93/cycle-consistent-vae", {"encoder": "encoder", "decoder": "decoder"}, (16, 16),
+        build_cycle_vae, convert,
+        renames={"encoder": {"varying_factor_mu": "style_mu", "varying_factor_logvar": "style_logvar",
+                             "common_factor": "class_output"},
+                 "decoder": {"varying_factor": "style_input", "common_factor": "class_input"}}),
+    "adversarial_disentangle": Reference(
+        "ananyahjha93/disentangling-factors-of-variation-using-adversarial-training",
+        {"encoder": "encoder", "decoder": "decoder"}, (16, 16), build_adversarial_disentangle, convert),
+    # The ML-VAE reference grouped the digit labels of each batch and drew one content eps of std 0.1 per group.
+    "mlvae": Reference(
+        "ananyahjha93/multi-level-vae", {"encoder": "encoder_0.1_var_reparam", "decoder": "decoder_0.1_var_reparam"},
+        (10, 10), build_mlvae, convert_mlp, encoder_outputs=("z_mean", "z_logvar", "s", "s_logvar"),
+        setting={"grouping": "batch", "content_sampling": "group", "content_noise_std": 0.1, "architecture": "mlp"}),
+}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, choices=sorted(REPOSITORIES), help="whose checkpoint")
+    parser.add_argument("--model", required=True, choices=sorted(REFERENCES), help="whose checkpoint")
     parser.add_argument("--repo", required=True, help="a clone of the model's public PyTorch repository")
     parser.add_argument("--torch-python", default=sys.executable, help="an interpreter with PyTorch")
     parser.add_argument("--data-dir", default=None, help="MNIST's data directory (default: data.py's)")
@@ -168,9 +210,10 @@ def main(argv=None):
     repo = pathlib.Path(args.repo)
     if args.dump:
         return dump(args.model, repo, *args.dump)
-    files = [f"checkpoints/{name}" for name in CHECKPOINTS[args.model].values()]
+    reference = REFERENCES[args.model]
+    files = [f"checkpoints/{name}" for name in reference.checkpoints.values()]
     if not all((repo / file).is_file() for file in files) or not (repo / "networks.py").is_file():
-        sys.exit(f"error: {repo} is not a clone of {REPOSITORIES[args.model]}: it needs networks.py, "
+        sys.exit(f"error: {repo} is not a clone of {reference.repository}: it needs networks.py, "
                  f"{' and '.join(files)}.")
 
     sys.path.insert(0, str(ROOT))
@@ -178,14 +221,11 @@ def main(argv=None):
 
     import common
     import data
-    import keras
     script = importlib.import_module(args.model)
 
     out = args.out or f"runs/reference_{args.model}_mnist"
-    # The ML-VAE reference grouped the digit labels of each batch and drew one content eps of std 0.1 per group.
-    setting = dict(grouping="batch", content_sampling="group", content_noise_std=0.1) if args.model == "mlvae" else {}
     config = script.resolve(script.Config(dataset="mnist", data_dir=args.data_dir, out=out, evaluate=False,
-                                          **setting))
+                                          **reference.setting))
     try:
         dataset = data.load_dataset("mnist", args.data_dir)
     except data.DataError as error:
@@ -201,23 +241,12 @@ def main(argv=None):
                      "that interpreter needs PyTorch and NumPy.")
         arrays = dict(np.load(outputs))
 
-    if args.model == "cycle_vae":  # the settings that shape the network are the defaults; the rest is training
-        model = script.CycleVAE(dataset.image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim)
-        model.compile(optimizer=keras.optimizers.Adam(), reverse_optimizer=keras.optimizers.Adam())
-    elif args.model == "mlvae":
-        model = script.MLVAE(dataset.image_shape, dataset="mnist", z_dim=config.z_dim, s_dim=config.s_dim,
-                             architecture="mlp", content_sampling=config.content_sampling,
-                             content_noise_std=config.content_noise_std)
-        model.compile(optimizer=keras.optimizers.Adam())
-    else:
-        model = script.AdversarialDisentangler(dataset.image_shape, dataset="mnist", z_dim=config.z_dim,
-                                               s_dim=config.s_dim)
-        model.compile(**script.build_optimizers(config))
+    model = reference.build(script, config, dataset.image_shape)
     model.build()
-    (convert_mlp if args.model == "mlvae" else convert)(arrays, model)
+    reference.convert(arrays, model)
     codes = model.encode(images)
     differences = {name: np.asarray(codes[name]) - arrays[f"out/{name}"]
-                   for name in ("z_mean", "z_logvar", "s", "s_logvar") if f"out/{name}" in arrays}
+                   for name in reference.encoder_outputs}
     differences["decoded"] = np.asarray(model.decode(codes["z_mean"], codes["s"])) - arrays["out/decoded"]
     largest = {name: float(np.abs(value).max()) for name, value in differences.items()}
     print("largest difference from PyTorch on 64 test images:", json.dumps(largest))
