@@ -17,12 +17,15 @@ sees pairs, never class labels. Every iteration takes three kinds of step (docs/
 Code names: SSE / P is `_reconstruction` (Bernoulli NLL on dSprites), KL is `_kl` (nats summed over z), CE is `_bce`
 on D's one logit (the reference's 2-way softmax is the same model: a sigmoid of the logit difference); P = pixels
 per image; beta = `kl_weight`, 1 in the paper and the reference code (a larger one narrows z, as in a beta-VAE,
-Higgins et al. 2017: nothing else in the method keeps the class out of z). Optimizers (`--optimizers`): `reference`
-gives A, B and C each their own Adam (lr 1e-4, betas 0.5 / 0.999), as the public PyTorch code does; Adam normalises
-each step, so there the step counts (1 A : 2 B) set the balance and the weight of a whole step's loss would be inert
-(beta weighs KL against the other terms of its step, which does count). `joint` takes one Adam step on
-L_ae + w_adv * L_adv for the encoder and decoder (w_adv = adversarial_weight, 0.01 as in the official Lua code),
-plus C: a real weight with one optimizer fewer.
+Higgins et al. 2017: nothing else in the method keeps the class out of z). `kl_warmup_steps` (0: off) raises beta
+linearly from 0 over that many encoder/decoder steps, the KL annealing of Bowman et al. 2016 ("Generating sentences
+from a continuous space"): a large beta from the first step can shut z before the decoder has learnt to read it,
+and then the decoder ignores z. Optimizers (`--optimizers`): `reference` gives A, B and C each their own Adam
+(lr 1e-4, betas 0.5 / 0.999), as the public PyTorch code does; Adam normalises each step, so there the step counts
+(1 A : 2 B) set the balance and the weight of a whole step's loss would be inert (beta weighs KL against the other
+terms of its step, which does count). `joint` takes one Adam step on L_ae + w_adv * L_adv for the encoder and
+decoder (w_adv = adversarial_weight, 0.01 as in the official Lua code), plus C: a real weight with one optimizer
+fewer.
 
 Where we deliberately differ from the reference code (ananyahjha93/disentangling-factors-of-variation-using-
 adversarial-training): D's gate uses the previous batch's accuracy, as its README states (the code uses the
@@ -77,6 +80,7 @@ class Config(common.RunConfig):
     d_gate_threshold: float = 0.8  # D steps while its accuracy (previous or current batch) is below this.
     label_smoothing: float = 0.0  # D's target for real pairs is 1 - this (the Lua code: 0.05).
     kl_weight: float = 1.0  # beta on z's KL in steps A and B (1: the paper and the reference code).
+    kl_warmup_steps: int = 0  # beta rises linearly from 0 to kl_weight over this many iterations; 0: no warm-up.
     reconstruction: Literal["auto", "mse", "bernoulli"] = "auto"  # auto: bernoulli on dSprites, else mse.
     reference_init: bool = False  # N(0, 0.05) weights as in the reference instead of Keras' defaults.
     grid_every: int = 5  # Write a swap grid every this many epochs.
@@ -91,7 +95,7 @@ class Config(common.RunConfig):
         common.check_ranges(
             self, at_least_one=("z_dim", "s_dim", "batch_size", "epochs", "steps_per_epoch", "generator_steps",
                                 "grid_every"),
-            positive=("learning_rate", "beta_1"), non_negative=("adversarial_weight", "kl_weight"))
+            positive=("learning_rate", "beta_1"), non_negative=("adversarial_weight", "kl_weight", "kl_warmup_steps"))
         if not 0 < self.beta_1 < 1:
             raise ValueError(f"--beta-1 must be between 0 and 1, got {self.beta_1}.")
         if not 0 < self.d_gate_threshold <= 1:
@@ -211,7 +215,7 @@ class AdversarialDisentangler(keras.Model):
 
     def __init__(self, image_shape, *, dataset, z_dim, s_dim, optimizers="reference", adversarial_weight=0.01,
                  generator_steps=2, d_gate="previous", d_gate_threshold=0.8, label_smoothing=0.0,
-                 reconstruction="mse", reference_init=False, kl_weight=1.0, seed=0, **kwargs):
+                 reconstruction="mse", reference_init=False, kl_weight=1.0, kl_warmup_steps=0, seed=0, **kwargs):
         super().__init__(**kwargs)
         for name, value, choices in (("optimizers", optimizers, ("reference", "joint")),
                                      ("d_gate", d_gate, ("previous", "current", "off")),
@@ -222,7 +226,7 @@ class AdversarialDisentangler(keras.Model):
         self.optimizers, self.adversarial_weight, self.generator_steps = optimizers, adversarial_weight, generator_steps
         self.d_gate, self.d_gate_threshold, self.label_smoothing = d_gate, d_gate_threshold, label_smoothing
         self.reconstruction, self.reference_init, self.seed = reconstruction, reference_init, seed
-        self.kl_weight = kl_weight
+        self.kl_weight, self.kl_warmup_steps = kl_weight, kl_warmup_steps
         self.encoder = build_encoder(self.image_shape, z_dim, s_dim, dataset, reference_init)
         self.decoder = build_decoder(self.image_shape, z_dim, s_dim, dataset, reference_init)
         self.discriminator = build_discriminator(self.image_shape, dataset, reference_init)
@@ -298,6 +302,13 @@ class AdversarialDisentangler(keras.Model):
         noise = common.replica_normal(ops.shape(z_mean), self.seed_generator)
         return z_mean + ops.exp(0.5 * z_logvar) * noise
 
+    def _beta(self):
+        """The KL weight of this iteration: kl_weight, reached linearly over kl_warmup_steps encoder/decoder steps."""
+        if not self.kl_warmup_steps or getattr(self, "optimizer", None) is None:
+            return self.kl_weight
+        progress = ops.cast(self.optimizer.iterations, "float32") / float(self.kl_warmup_steps)
+        return self.kl_weight * ops.minimum(1.0, progress)
+
     @staticmethod
     def _kl(z_mean, z_logvar):
         return 0.5 * ops.sum(ops.square(z_mean) + ops.exp(z_logvar) - z_logvar - 1.0, axis=1)  # nats per image
@@ -321,7 +332,7 @@ class AdversarialDisentangler(keras.Model):
         kl = self._kl(z1_mean, z1_logvar)
         parts = {"loss/reconstruction_self": ops.mean(self_error) / self.pixels,
                  "loss/reconstruction_swap": ops.mean(swap_error) / self.pixels,
-                 "loss/kl": self.kl_weight * ops.mean(kl) / self.pixels,
+                 "loss/kl": self._beta() * ops.mean(kl) / self.pixels,
                  "per_image/swap_sse": ops.mean(ops.split(sse, 2)[1]), "per_image/kl_nats": ops.mean(kl)}
         return parts["loss/reconstruction_self"] + parts["loss/reconstruction_swap"] + parts["loss/kl"], parts
 
@@ -334,7 +345,7 @@ class AdversarialDisentangler(keras.Model):
         logits = self.decoder([ops.concatenate([self._sample(z_mean, z_logvar), prior]), ops.concatenate([s3, s3])],
                               training=training)
         d_logits = self.discriminator([ops.concatenate([x3, x3]), ops.sigmoid(logits)], training=training)
-        return _bce(d_logits, 1.0) * 2.0, self.kl_weight * ops.mean(self._kl(z_mean, z_logvar)) / self.pixels
+        return _bce(d_logits, 1.0) * 2.0, self._beta() * ops.mean(self._kl(z_mean, z_logvar)) / self.pixels
 
     def _step(self, optimizer, loss_fn, variables):
         """One optimizer step on loss_fn() (loss-scaled under mixed precision); returns loss_fn()'s outputs."""
@@ -405,7 +416,8 @@ class AdversarialDisentangler(keras.Model):
                       optimizers=self.optimizers, adversarial_weight=self.adversarial_weight,
                       generator_steps=self.generator_steps, d_gate=self.d_gate, d_gate_threshold=self.d_gate_threshold,
                       label_smoothing=self.label_smoothing, reconstruction=self.reconstruction,
-                      reference_init=self.reference_init, kl_weight=self.kl_weight, seed=self.seed)
+                      reference_init=self.reference_init, kl_weight=self.kl_weight,
+                      kl_warmup_steps=self.kl_warmup_steps, seed=self.seed)
         return config
 
 
@@ -456,7 +468,8 @@ def main(argv=None):
             optimizers=config.optimizers, adversarial_weight=config.adversarial_weight,
             generator_steps=config.generator_steps, d_gate=config.d_gate, d_gate_threshold=config.d_gate_threshold,
             label_smoothing=config.label_smoothing, reconstruction=config.reconstruction,
-            reference_init=config.reference_init, kl_weight=config.kl_weight, seed=config.seed)
+            reference_init=config.reference_init, kl_weight=config.kl_weight,
+            kl_warmup_steps=config.kl_warmup_steps, seed=config.seed)
         model.compile(**build_optimizers(config))
         model.build()
 
@@ -467,8 +480,11 @@ def main(argv=None):
 
     grid_images = np.stack([dataset.images[i] for i in data.grid_rows(dataset)]).astype(np.float32) / 255.0
     generator_steps = config.generator_steps if config.optimizers == "reference" else 1
+    beta = f"KL weight {config.kl_weight:g}" + (f" after {config.kl_warmup_steps} warm-up steps"
+                                                 if config.kl_warmup_steps else "")
     common.train(model, config, script="adversarial_disentangle", pipeline=pipeline, steps=steps, argv=argv,
-                 describe=f"z {config.z_dim}, s {config.s_dim}, {config.optimizers} optimizers, D gate {config.d_gate}",
+                 describe=f"z {config.z_dim}, s {config.s_dim}, {config.optimizers} optimizers, "
+                          f"D gate {config.d_gate}, {beta}",
                  image_grid_fn=lambda m: common.tile_images(common.swap_grid(m, grid_images)),
                  images_per_step=(4 + 2 * generator_steps) * config.batch_size)
 

@@ -76,6 +76,24 @@ def test_kl_weight_scales_z_s_kl_in_the_autoencoder_and_generator_losses_and_not
     assert adv.AdversarialDisentangler.from_config(weighted.get_config()).kl_weight == 2.5
 
 
+def test_kl_warmup_raises_the_kl_weight_linearly_over_the_first_steps(tiny_mnist):
+    _, dataset = tiny_mnist
+    batch = first_batch(dataset)
+    plain, warming = make_model(dataset, kl_weight=3.0), make_model(dataset, kl_weight=3.0, kl_warmup_steps=4)
+    full = float(plain._autoencoder_loss(batch["ae"], False)[1]["loss/kl"])
+    for step, fraction in ((0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (10, 1.0)):
+        warming.optimizer.iterations.assign(step)
+        parts = warming._autoencoder_loss(batch["ae"], False)[1]
+        assert float(parts["loss/kl"]) == pytest.approx(fraction * full, rel=1e-5, abs=1e-9), step
+        plain_kl = float(plain._adversarial_loss(batch["gen"][0], False)[1])
+        assert float(warming._adversarial_loss(batch["gen"][0], False)[1]) == pytest.approx(
+            fraction * plain_kl, rel=1e-5, abs=1e-9), step
+    warming.optimizer.iterations.assign(0)
+    warming.train_step(batch)  # a training step counts: the next one weighs KL by 1/4 of kl_weight
+    assert float(warming._beta()) == pytest.approx(0.75)
+    assert adv.AdversarialDisentangler.from_config(warming.get_config()).kl_warmup_steps == 4
+
+
 def test_the_batches_hold_the_pairs_each_step_needs(tiny_mnist):
     _, dataset = tiny_mnist
     batch = first_batch(dataset)
@@ -208,6 +226,7 @@ def test_the_encoder_and_decoder_are_cycle_vaes(name):
     (["--label-smoothing", "0.7"], "--label-smoothing"), (["--beta-1", "1"], "--beta-1"),
     (["--adversarial-weight", "-1"], "--adversarial-weight"), (["--steps-per-epoch", "-5"], "--steps-per-epoch"),
     (["--d-gate", "sometimes"], "--d-gate"), (["--epochs", "0"], "--epochs"), (["--kl-weight", "-1"], "--kl-weight"),
+    (["--kl-warmup-steps", "-1"], "--kl-warmup-steps"),
 ])
 def test_bad_flags_exit_with_code_2_naming_the_flag(flags, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -219,6 +238,6 @@ def test_defaults_are_the_reference_settings():
     config = adv.resolve(adv.Config())
     assert (config.z_dim, config.s_dim, config.epochs, config.batch_size) == (16, 16, 50, 64)
     assert (config.learning_rate, config.beta_1, config.generator_steps, config.d_gate_threshold) == (1e-4, 0.5, 2, 0.8)
-    assert config.kl_weight == 1.0
+    assert config.kl_weight == 1.0 and config.kl_warmup_steps == 0
     assert adv.resolve(adv.Config(dataset="sprites")).z_dim == 512
     assert adv.resolve(adv.Config(dataset="dsprites")).reconstruction == "bernoulli"
