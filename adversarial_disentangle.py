@@ -37,6 +37,7 @@ Keras' default initialisation (--reference-init gives N(0, 0.05)). Networks: cyc
 Usage:
   python adversarial_disentangle.py --dataset mnist --quick     # a short run and a quick evaluation
   python adversarial_disentangle.py --dataset mnist             # the reference's settings: 50 epochs, batch 64
+  python adversarial_disentangle.py --dataset mnist --kl-weight 3  # the same with beta 3: pretrained/'s MNIST model
   python adversarial_disentangle.py --dataset mnist --benchmark # time training iterations
   python eval_latents.py --ckpt runs/adversarial_disentangle_mnist_.../model.keras
 Results: docs/results/adversarial_disentangle.md.

@@ -35,7 +35,7 @@ PRETRAINED = ROOT / "pretrained"
 # (pretrained name, label, the papers' own figures; docs/results/<model>.md give the sources)
 MODELS = (
     ("cycle_vae_mnist", "cycle-VAE (Jha et al. 2018)", "s 98.35, sampled z 17.56"),
-    ("adversarial_disentangle_mnist", "Mathieu et al. 2016", "s 98.52, z 66.83"),
+    ("adversarial_disentangle_mnist", "Mathieu et al. 2016, KL weight 3", "s 98.52, z 66.83 (KL weight 1)"),
     ("mlvae_mnist", "ML-VAE (Bouchacourt et al. 2018), MLP", "sampled style 42.06"),
     ("mlvae_mnist_conv", "ML-VAE, the cycle-VAE's conv network", "(the paper's network is the MLP)"),
 )
