@@ -42,7 +42,9 @@ MODELS = (
 # Sprites (every model on cycle_vae.py's conv networks, z 512, s 64). Targets: data.ATTRIBUTES, then the pose
 # (action, direction) and the 100-way identity of the unseen identities.
 SPRITES_MODELS = (("cycle_vae_sprites", "cycle-VAE"), ("adversarial_disentangle_sprites", "Mathieu et al."),
-                  ("adversarial_disentangle_sprites_joint", "Mathieu et al., joint"), ("mlvae_sprites", "ML-VAE"))
+                  ("adversarial_disentangle_sprites_joint", "Mathieu et al., joint"),
+                  ("adversarial_disentangle_sprites_joint_kl5", "Mathieu et al., joint, beta 5"),
+                  ("mlvae_sprites", "ML-VAE"))
 SPRITES_TARGETS = data.ATTRIBUTES + ("action", "direction", "identity")
 SPRITES_CODES = (("s", "s/{}/mlp/mean"), ("z sampled", "z/{}/mlp/sampled"), ("z mean", "z/{}/mlp/mean"))
 COLUMNS = (("s (MLP)", "digit: s"), ("sampled z (MLP)", "digit: z sampled"), ("z mean (MLP)", "digit: z mean"),

@@ -85,7 +85,8 @@ def test_the_sprites_matrix_has_a_block_per_evaluated_model_and_names_the_others
     assert lines[6] == "| ML-VAE | s | " + " | ".join(["97.0"] * targets) + " |"
     assert len([line for line in lines if line.startswith("| ")]) == 2 + 2 * 3  # header, chance, two blocks
     assert lines[-1].startswith("Not yet evaluated: ")
-    for name in ("adversarial_disentangle_sprites", "adversarial_disentangle_sprites_joint"):
+    for name in ("adversarial_disentangle_sprites", "adversarial_disentangle_sprites_joint",
+                 "adversarial_disentangle_sprites_joint_kl5"):
         assert f"pretrained/{name}.metrics.json" in lines[-1]
     assert "cycle_vae_sprites" not in lines[-1] and "mlvae_sprites" not in lines[-1]
 
